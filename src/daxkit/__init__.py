@@ -1,0 +1,67 @@
+"""daxkit: direct-access (DAX) memory with first-class media-error ("poison") recovery.
+
+Layers (imports go down only):
+    medium/   the image file, its shared error state, the badblocks table, mapped regions
+    device/   the pmem-driver layer: direct_access, recovery_write, zero_page_range, block path,
+              scrub/injection/holders, and DaxMapping
+    cli/      the `daxkit` command
+The one native file, _copymc.c, is the machine-check-safe copy.
+"""
+
+from __future__ import annotations
+
+from ._copymc import copy_mc
+from .device.device import (
+    ACCESS,
+    MF_ACTION_REQUIRED,
+    MF_MEM_PRE_REMOVE,
+    PRE_REMOVE,
+    RECOVERY_WRITE,
+    DaxDevice,
+    ScrubReport,
+)
+from .device.mapping import DaxMapping
+from .errors import (
+    Busy,
+    DaxError,
+    DeviceGone,
+    FilesystemShutdown,
+    HWPoisonError,
+    ImageError,
+    InvalidArgument,
+    MediaError,
+    NoSpace,
+    NotSupported,
+    OutOfRange,
+    PoisonError,
+)
+from .medium.badblocks import BB_MAX_LEN, MAX_BADBLOCKS, Badblocks
+from .medium.image import Image, create_image
+from .units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, parse_size
+
+__version__ = "0.1.0"
+
+
+def create(path: str, size: int | str, *, clear_err_unit: int = DEFAULT_CLEAR_ERR_UNIT, force: bool = False) -> DaxDevice:
+    """Make a new emulated device image at ``path`` and open it."""
+    try:
+        nbytes = parse_size(size)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    create_image(str(path), nbytes, clear_err_unit, force=force)
+    return open(path)
+
+
+def open(path: str) -> DaxDevice:  # noqa: A001 - the SPEC's name
+    """Open an emulated device image."""
+    return DaxDevice(Image(str(path)))
+
+
+__all__ = [
+    "ACCESS", "RECOVERY_WRITE", "MF_ACTION_REQUIRED", "MF_MEM_PRE_REMOVE", "PRE_REMOVE",
+    "PAGE_SIZE", "SECTOR_SIZE", "LINE_SIZE", "DEFAULT_CLEAR_ERR_UNIT", "BB_MAX_LEN", "MAX_BADBLOCKS",
+    "create", "open", "copy_mc", "parse_size",
+    "DaxDevice", "DaxMapping", "ScrubReport", "Badblocks",
+    "DaxError", "ImageError", "InvalidArgument", "OutOfRange", "HWPoisonError", "MediaError",
+    "PoisonError", "DeviceGone", "NoSpace", "Busy", "NotSupported", "FilesystemShutdown",
+]

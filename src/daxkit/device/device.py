@@ -1,0 +1,631 @@
+"""The device: the pmem driver's three operations and the error machinery around them (SPEC 2).
+
+Rules
+  * One primitive: ``direct_access(pgoff, nr_pages, mode)``.  ``recovery_write`` and
+    ``zero_page_range`` complete the kernel's dax_operations; the block path (``pread``,
+    ``pwrite``, ``readinto``) and mappings are built on the same data mapping.
+  * The fast path is one branch.  Every public access first compares the shared generation word
+    with the one this process last loaded (one 8-byte load); then, only when the badblocks table
+    is not empty, one O(log n) lookup.  Latent poison costs nothing: its pages are PROT_NONE, so
+    the machine-check-safe copy faults on it and the slow path takes over.
+  * Kernel order for clearing: the medium is cleared first, the data written next, and only then
+    are the sectors forgotten by the badblocks table and the bad range list (pmem_recovery_write),
+    so a concurrent reader never sees the range clean while it holds garbage.  The block path
+    (pmem_do_write) clears medium and lists together before writing.
+  * Upward news (new known errors, device removal) travels only through the holder's
+    ``notify_failure`` and the mappings' ``on_poison``; this layer never imports a filesystem.
+
+Theory of operation
+  ``_apply`` installs a loaded state: it rebuilds the lookup lists, sets page protections in
+  every mapping of this process, and reports ranges that became known since this process last
+  looked -- whether this process or another one made them known.  That single place is why a
+  CLI scrub reaches a mounted filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+
+from .. import _copymc
+from ..errors import (
+    Busy,
+    DaxError,
+    DeviceGone,
+    HWPoisonError,
+    InvalidArgument,
+    MediaError,
+    NoSpace,
+    NotSupported,
+    OutOfRange,
+)
+from ..medium import ranges
+from ..medium.badblocks import Badblocks, BadblocksCheck, Entry
+from ..medium.image import LIVE_GEN, LIVE_SCRUB_DONE, LIVE_SCRUB_PID, LIVE_SCRUB_TOTAL, Image
+from ..medium.region import Region
+from ..medium.state import ErrorState
+from ..units import LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, align_down, align_up
+
+ACCESS = 0  # enum dax_access_mode: DAX_ACCESS
+RECOVERY_WRITE = 1  # DAX_RECOVERY_WRITE
+MF_ACTION_REQUIRED = 1 << 1  # enum mf_flags (include/linux/mm.h)
+MF_MEM_PRE_REMOVE = 1 << 7
+PRE_REMOVE = MF_MEM_PRE_REMOVE
+
+_copy_mc_from = _copymc.copy_mc_from
+_first_overlap = ranges.first_overlap
+_SCRUB_STEP = 16 << 20
+WATCH_INTERVAL = 0.02
+
+
+@dataclass
+class ScrubReport:
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # every poisoned (offset, length)
+    new_ranges: list[tuple[int, int]] = field(default_factory=list)  # known only since this scrub
+    bytes_scanned: int = 0
+    scrub_count: int = 0
+    overflow: bool = False  # the badblocks table could not take every range
+
+    def as_dict(self) -> dict:
+        return {
+            "ranges": [{"offset": o, "length": n} for o, n in self.ranges],
+            "new_ranges": [{"offset": o, "length": n} for o, n in self.new_ranges],
+            "bytes_scanned": self.bytes_scanned,
+            "scrub_count": self.scrub_count,
+            "overflow": self.overflow,
+        }
+
+
+# -- state transformers: pure functions of an ErrorState, the policy of clearing -----------------
+def _clear_medium(st: ErrorState, start: int, end: int) -> ErrorState:
+    """The platform's clear-error command: poison and the injection records it covers go."""
+    first, last = -(-start // SECTOR_SIZE), end // SECTOR_SIZE
+    return st.with_(poison=ranges.remove(st.poison, start, end), injected=ranges.remove(st.injected, first, last))
+
+
+def _forget_known(st: ErrorState, start: int, end: int) -> ErrorState:
+    """Drop [start, end) from the bad range list and whole sectors inside it from badblocks."""
+    first, last = -(-start // SECTOR_SIZE), end // SECTOR_SIZE
+    bb = st.badblocks.clear(first, last - first) if last > first else st.badblocks
+    return st.with_(bad_ranges=ranges.remove(st.bad_ranges, start, end), badblocks=bb)
+
+
+def _make_known(st: ErrorState, ivs: ranges.Intervals) -> tuple[ErrorState, bool]:
+    """Add byte ranges to the bad range list and their covering sectors (acknowledged) to the
+    table.  Returns the state and whether the table overflowed (the kernel logs and goes on)."""
+    bad = ranges.union(st.bad_ranges, ivs)
+    bb, overflow = st.badblocks, False
+    for s, e in ranges.scale(ivs, SECTOR_SIZE):
+        try:
+            bb = bb.set(s, e - s, True)
+        except NoSpace:
+            overflow = True
+    return st.with_(bad_ranges=bad, badblocks=bb), overflow
+
+
+class BadblocksView:
+    """``dev.badblocks``: the live table of a device (iterable of (sector, count, acknowledged))."""
+
+    def __init__(self, dev: DaxDevice):
+        self._dev = dev
+
+    def _table(self) -> Badblocks:
+        self._dev._sync()
+        return self._dev._state.badblocks
+
+    def __iter__(self):
+        return iter(list(self._table()))
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __bool__(self) -> bool:
+        return bool(self._table())
+
+    def __repr__(self) -> str:
+        return repr(self._table())
+
+    def entries(self) -> list[Entry]:
+        return list(self._table())
+
+    def text(self, unacknowledged_only: bool = False) -> str:
+        return self._table().text(unacknowledged_only)
+
+    def check(self, sector: int, count: int) -> BadblocksCheck:
+        return self._table().check(sector, count)
+
+    def add(self, text: str) -> None:
+        """What writing "<sector> <count>" to the sysfs file does: an acknowledged entry."""
+        from ..medium.badblocks import parse_entry
+
+        sector, count = parse_entry(text)
+        if sector + count > self._dev.size // SECTOR_SIZE:
+            raise InvalidArgument(
+                f"badblocks: {sector}+{count} is past the device end ({self._dev.size // SECTOR_SIZE} sectors)"
+            )
+        self._dev._commit(lambda st: st.with_(badblocks=st.badblocks.set(sector, count, True)))
+
+
+class DaxDevice:
+    """An emulated DAX device on an image file.  Use ``daxkit.create`` / ``daxkit.open``."""
+
+    def __init__(self, image: Image):
+        self._img = image
+        self.path = image.path
+        self.size = image.data_size
+        self.clear_err_unit = image.clear_err_unit
+        _copymc.install()  # stay on top if someone installed a fault handler since import
+        self._region = Region(image.fd, [(0, image.data_offset, self.size)], self.size)
+        self._mm = self._region.mm
+        self._view = memoryview(self._mm)
+        self._words = image.words
+        self._lock = threading.RLock()
+        self._holder = None
+        self._dead = False
+        self._closed = False
+        self._gen = -1
+        self._state = ErrorState()
+        self._bb_bytes: ranges.Intervals = []  # badblocks as byte intervals: the fast-path check
+        self._known: ranges.Intervals = []  # badblocks sectors + bad range list, in bytes
+        self._prot_bytes: ranges.Intervals = []  # bytes of PROT_NONE pages
+        self._prot_pages: ranges.Intervals = []
+        self._mappings: weakref.WeakSet = weakref.WeakSet()
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._sync(report=False)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def __enter__(self) -> DaxDevice:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<DaxDevice {self.path!r} size={self.size} clear_err_unit={self.clear_err_unit}>"
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._gen = -1
+            self._words = (0,)
+        self._stop.set()
+        for m in list(self._mappings):
+            m._detach()
+        self._view.release()
+        self._region.close()
+        self._img.close()
+
+    def kill(self) -> None:
+        """Device removal: the holder hears PRE_REMOVE for the whole device; after that every
+        access fails with ENXIO and every mapping faults."""
+        with self._lock:
+            self._check_alive()
+            holder = self._holder
+        if holder is not None:
+            holder.notify_failure(0, self.size, MF_MEM_PRE_REMOVE)
+        with self._lock:
+            self._dead = True
+            self._gen = -1
+            for m in list(self._mappings):
+                m._revoke()
+            self._region.revoke()
+
+    def _check_alive(self) -> None:
+        if self._dead:
+            raise DeviceGone("device was removed", path=self.path)
+        if self._closed:
+            raise DeviceGone("device is closed", path=self.path)
+
+    # -- the shared error state ---------------------------------------------------------------
+    def _sync(self, report: bool = True) -> None:
+        """Load the shared state if another process (or thread) changed it."""
+        with self._lock:
+            self._check_alive()
+            if self._words[LIVE_GEN] == self._gen:
+                return
+            gen, state = self._img.load()
+            self._apply(gen, state, report=report)
+
+    def _commit(self, change, *, report=True, holder_report=None) -> ErrorState:
+        with self._lock:
+            self._check_alive()
+            gen, state = self._img.commit(change)
+            self._apply(gen, state, report=report, holder_report=holder_report)
+            return state
+
+    def _apply(self, gen: int, state: ErrorState, *, report: bool = True, holder_report=None) -> None:
+        old_known = self._known
+        self._state = state
+        self._bb_bytes = [(s * SECTOR_SIZE, e * SECTOR_SIZE) for s, e in state.badblocks.ranges()]
+        self._known = ranges.union(self._bb_bytes, state.bad_ranges)
+        self._prot_pages = ranges.scale(ranges.union(state.poison, self._known), PAGE_SIZE)
+        self._prot_bytes = [(s * PAGE_SIZE, e * PAGE_SIZE) for s, e in self._prot_pages]
+        self._region.protect(self._prot_pages)
+        for m in list(self._mappings):
+            m._reprotect(self._prot_pages)
+        self._gen = gen
+        new = ranges.subtract(self._known, old_known)
+        if report and new:
+            self._report(new, holder_report)
+
+    def _report(self, new: ranges.Intervals, holder_report=None) -> None:
+        for m in list(self._mappings):
+            m._poison_known(new)
+        holder = self._holder
+        if holder is None:
+            return
+        if holder_report is not None:
+            holder_report(holder)
+            return
+        for s, e in new:
+            holder.notify_failure(s, e - s, 0)
+
+    # -- holder -----------------------------------------------------------------------------
+    @property
+    def holder(self):
+        return self._holder
+
+    @holder.setter
+    def holder(self, obj) -> None:
+        with self._lock:
+            if obj is not None and self._holder is not None and obj is not self._holder:
+                raise Busy(f"device already has a holder ({self._holder!r})", path=self.path)
+            self._holder = obj
+
+    def notify_failure(self, offset: int, length: int, flags: int = 0) -> int:
+        """Tell the holder that [offset, offset+length) failed; EOPNOTSUPP without a holder."""
+        holder = self._holder
+        if holder is None:
+            raise NotSupported("no holder to notify", path=self.path)
+        return holder.notify_failure(offset, length, flags)
+
+    # -- argument checks --------------------------------------------------------------------
+    def _check_range(self, offset: int, length: int) -> None:
+        if length < 0:
+            raise InvalidArgument(f"negative length {length}")
+        if offset < 0 or offset + length > self.size:
+            raise InvalidArgument(f"range offset={offset} length={length} is outside the device (size {self.size})")
+
+    # -- direct access ------------------------------------------------------------------------
+    def direct_access(self, pgoff: int, nr_pages: int, mode: int = ACCESS) -> tuple[int, memoryview]:
+        if nr_pages < 0:
+            raise InvalidArgument(f"nr_pages must be >= 0, got {nr_pages}")
+        if pgoff < 0:
+            raise InvalidArgument(f"pgoff must be >= 0, got {pgoff}")
+        if mode not in (ACCESS, RECOVERY_WRITE):
+            raise InvalidArgument(f"unknown access mode {mode!r}")
+        if self._words[LIVE_GEN] != self._gen:
+            self._sync()
+        avail = min(nr_pages, self.size // PAGE_SIZE - pgoff)
+        if avail <= 0:
+            raise OutOfRange(f"page {pgoff} (+{nr_pages}) is past the device end ({self.size // PAGE_SIZE} pages)")
+        start = pgoff * PAGE_SIZE
+        if self._bb_bytes:
+            hit = _first_overlap(self._bb_bytes, start, start + avail * PAGE_SIZE)
+            if hit is not None:
+                if mode != RECOVERY_WRITE:
+                    raise HWPoisonError(f"known bad sector at offset {max(hit[0], start)} in pages {pgoff}+{avail}")
+                avail = max(1, align_up(max(hit[0], start) - start, PAGE_SIZE) // PAGE_SIZE)
+        return avail, self._view[start : start + avail * PAGE_SIZE]
+
+    def recovery_write(self, pgoff: int, offset_in_page: int, data) -> int:
+        data = memoryview(data).cast("B")
+        if pgoff < 0 or offset_in_page < 0:
+            raise InvalidArgument(f"pgoff={pgoff} offset_in_page={offset_in_page} must be >= 0")
+        start = pgoff * PAGE_SIZE + offset_in_page
+        n = data.nbytes
+        self._sync()
+        self._check_range(start, n)
+        if not (self._bb_bytes and _first_overlap(self._bb_bytes, start, start + n)):
+            self._store(data, start)
+            return n
+        if offset_in_page or n % PAGE_SIZE:
+            return 0  # pmem_recovery_write: only whole pages can be recovered
+        self._rewrite_pages(start, data)
+        return n
+
+    def _rewrite_pages(self, start: int, data: memoryview) -> None:
+        """Clear the medium, write, then forget: the kernel's recovery order."""
+        end = start + data.nbytes
+        self._commit(lambda st: _clear_medium(st, start, end))
+        self._store(data, start)
+        self._commit(lambda st: _forget_known(st, start, end))
+
+    def zero_page_range(self, pgoff: int, nr_pages: int) -> None:
+        if nr_pages != 1:
+            raise MediaError(f"zero_page_range: only one page at a time (asked {nr_pages})")
+        if pgoff < 0 or pgoff >= self.size // PAGE_SIZE:
+            raise OutOfRange(f"page {pgoff} is past the device end ({self.size // PAGE_SIZE} pages)")
+        self._rewrite_pages(pgoff * PAGE_SIZE, memoryview(bytes(PAGE_SIZE)))
+
+    # -- the block path -----------------------------------------------------------------------
+    def readinto(self, buffer, offset: int) -> int:
+        if self._words[LIVE_GEN] != self._gen:
+            self._sync()
+        n = buffer.nbytes if type(buffer) is memoryview else len(buffer)
+        if offset < 0 or offset + n > self.size:
+            self._check_range(offset, n)
+        if self._bb_bytes and _first_overlap(self._bb_bytes, offset, offset + n):
+            raise MediaError(f"read of {n} bytes at offset {offset} meets a known bad sector")
+        if _copy_mc_from(buffer, self._mm, offset):
+            self._block_read_fault(buffer, offset, n)
+        return n
+
+    def pread(self, length: int, offset: int) -> bytes:
+        if length < 0:
+            raise InvalidArgument(f"negative length {length}")
+        buf = bytearray(length)
+        self.readinto(buf, offset)
+        return bytes(buf)
+
+    def _block_read_fault(self, buffer, offset: int, n: int) -> None:
+        done, bad = self._read_lines(memoryview(buffer).cast("B"), offset)
+        if bad is not None:
+            raise MediaError(f"media error at offset {bad[0]} (read of {n} bytes at offset {offset})")
+
+    def pwrite(self, data, offset: int) -> int:
+        if self._words[LIVE_GEN] != self._gen:
+            self._sync()
+        n = data.nbytes if type(data) is memoryview else len(data)
+        if offset < 0 or offset + n > self.size:
+            self._check_range(offset, n)
+        if self._bb_bytes and _first_overlap(self._bb_bytes, offset, offset + n):
+            self._clear_for_write(offset, n)
+        if self._prot_bytes and _first_overlap(self._prot_bytes, offset, offset + n):
+            self._img.medium_write(data, offset)  # stores under latent poison do not clear it
+        else:
+            self._mm[offset : offset + n] = data
+        return n
+
+    def _clear_for_write(self, offset: int, n: int) -> None:
+        """pmem_clear_poison: the whole write must be clear_err_unit-aligned, else EIO and
+        nothing is written (nvdimm_clear_poison refuses unaligned ranges)."""
+        unit = self.clear_err_unit
+        if offset % unit or n % unit:
+            raise MediaError(
+                f"write of {n} bytes at offset {offset} meets a known bad sector and is not "
+                f"aligned to clear_err_unit {unit}; nothing written"
+            )
+        end = offset + n
+        self._commit(lambda st: _forget_known(_clear_medium(st, offset, end), offset, end))
+
+    def _store(self, data, offset: int) -> None:
+        """A plain store of bytes, safe over pages that fault (the medium keeps its poison)."""
+        n = memoryview(data).nbytes
+        if self._prot_bytes and _first_overlap(self._prot_bytes, offset, offset + n):
+            self._img.medium_write(data, offset)
+        else:
+            self._mm[offset : offset + n] = data
+
+    # -- the line-precise slow path (shared with mappings) -------------------------------------
+    def _bad_lines(self) -> ranges.Intervals:
+        return ranges.union(self._state.poison, self._known)
+
+    def _read_lines(self, dst: memoryview, offset: int) -> tuple[int, tuple[int, int] | None]:
+        """Copy device bytes [offset, offset+len(dst)) into dst up to the first bad line.
+        Returns (bytes delivered, first bad range met or None).  Touching latent poison makes
+        that line known (consumption) and tells the holder about its page."""
+        n = dst.nbytes
+        done = 0
+        while done < n:
+            left = _copy_mc_from(dst[done:], self._mm, offset + done)
+            if not left:
+                return n, None
+            done = n - left
+            pos = offset + done
+            page_end = min(align_down(pos, PAGE_SIZE) + PAGE_SIZE, offset + n)
+            bad = ranges.first_overlap(self._bad_lines(), align_down(pos, LINE_SIZE), page_end)
+            clean_end = page_end if bad is None else max(pos, bad[0])
+            if clean_end > pos:
+                self._img.medium_read_into(dst[done : done + clean_end - pos], pos)
+                done += clean_end - pos
+            if bad is not None:
+                return done, self._met_bad(pos, bad)
+        return n, None
+
+    def _met_bad(self, pos: int, bad: tuple[int, int]) -> tuple[int, int]:
+        line = max(bad[0], align_down(pos, LINE_SIZE))
+        if _first_overlap(self._known, line, line + LINE_SIZE) is None:
+            self._consume(line)
+        # Report the line-precise run when one is recorded; a software badblocks entry has none.
+        precise = ranges.union(self._state.poison, self._state.bad_ranges)
+        run = _first_overlap(precise, line, line + LINE_SIZE) or _first_overlap(self._known, line, line + LINE_SIZE)
+        return line, (run[1] if run else line + LINE_SIZE) - line
+
+    def _consume(self, line: int) -> None:
+        """A machine-check-safe read hit latent poison: the line becomes known, and the holder
+        hears about its page with MF_ACTION_REQUIRED (the memory_failure path)."""
+        page = align_down(line, PAGE_SIZE)
+        self._commit(
+            lambda st: _make_known(st, [(line, line + LINE_SIZE)])[0],
+            holder_report=lambda h: h.notify_failure(page, PAGE_SIZE, MF_ACTION_REQUIRED),
+        )
+
+    # -- injection, scrub, clearing -----------------------------------------------------------
+    def _check_blocks(self, block: int, count: int) -> None:
+        nsect = self.size // SECTOR_SIZE
+        if block < 0 or count < 1 or block + count > nsect:
+            raise InvalidArgument(f"blocks {block}+{count} are outside the device ({nsect} blocks of {SECTOR_SIZE})")
+
+    def inject_error(self, block: int, count: int = 1, *, notify: bool = True, saturate: bool = False) -> None:
+        self._check_blocks(block, count)
+        span = SECTOR_SIZE if saturate else min(SECTOR_SIZE, self.clear_err_unit)
+
+        def change(st: ErrorState) -> ErrorState:
+            poison = st.poison
+            if span == SECTOR_SIZE:
+                poison = ranges.add(poison, block * SECTOR_SIZE, (block + count) * SECTOR_SIZE)
+            else:
+                for b in range(block, block + count):
+                    poison = ranges.add(poison, b * SECTOR_SIZE, b * SECTOR_SIZE + span)
+            return st.with_(poison=poison, injected=ranges.add(st.injected, block, block + count))
+
+        self._commit(change)
+        if notify:
+            self.scrub()
+
+    def uninject_error(self, block: int, count: int = 1) -> None:
+        self._check_blocks(block, count)
+        s, e = block * SECTOR_SIZE, (block + count) * SECTOR_SIZE
+        self._commit(
+            lambda st: st.with_(poison=ranges.remove(st.poison, s, e), injected=ranges.remove(st.injected, block, block + count))
+        )
+
+    def injected_errors(self) -> list[dict]:
+        self._sync()
+        return [{"block": s, "count": e - s} for s, e in self._state.injected]
+
+    def inject_poison(self, offset: int, length: int) -> None:
+        """Latent poison on the 64-byte lines covering [offset, offset+length)."""
+        if length <= 0:
+            raise InvalidArgument(f"length must be > 0, got {length}")
+        self._check_range(offset, length)
+        s, e = align_down(offset, LINE_SIZE), align_up(offset + length, LINE_SIZE)
+        self._commit(lambda st: st.with_(poison=ranges.add(st.poison, s, e)))
+
+    @property
+    def scrub_count(self) -> int:
+        self._sync()
+        return self._state.scrub_count
+
+    def scrub(self, progress=None) -> ScrubReport:
+        """Address range scrub: every poisoned line becomes known (acknowledged sectors in the
+        table, byte ranges in the list); the holder hears about what was not known before."""
+        self._sync()
+        words = self._img.words
+        words[LIVE_SCRUB_TOTAL] = self.size
+        words[LIVE_SCRUB_DONE] = 0
+        words[LIVE_SCRUB_PID] = os.getpid()
+        found: ranges.Intervals = []
+        try:
+            poison = self._state.poison
+            for start in range(0, self.size, _SCRUB_STEP):
+                end = min(start + _SCRUB_STEP, self.size)
+                found.extend(ranges.clip(poison, start, end))
+                words[LIVE_SCRUB_DONE] = end
+                if progress is not None:
+                    progress(end, self.size)
+            found = ranges.union([], found)
+            known_before = self._known
+            report = ScrubReport(bytes_scanned=self.size)
+
+            def change(st: ErrorState) -> ErrorState:
+                st2, report.overflow = _make_known(st, ranges.union(found, st.poison))
+                return st2.with_(scrub_count=st.scrub_count + 1)
+
+            st = self._commit(change)
+        finally:
+            words[LIVE_SCRUB_PID] = 0
+        report.ranges = [(s, e - s) for s, e in st.poison]
+        report.new_ranges = [(s, e - s) for s, e in ranges.subtract(st.poison, known_before)]
+        report.scrub_count = st.scrub_count
+        return report
+
+    def scrub_progress(self) -> tuple[int, int, int]:
+        """(pid of a scrub running now or 0, bytes done, bytes total): what wait-scrub watches."""
+        self._check_alive()
+        w = self._img.words
+        return w[LIVE_SCRUB_PID], w[LIVE_SCRUB_DONE], w[LIVE_SCRUB_TOTAL]
+
+    def clear_errors(self) -> list[tuple[int, int]]:
+        """Like ``ndctl clear-errors``: every known error is cleared on the medium (in whole
+        clear_err_unit units) and zeroed; its data is lost.  Returns the cleared ranges."""
+        self._sync()
+        units = ranges.scale(self._known, self.clear_err_unit)
+        cleared = [(s * self.clear_err_unit, min(e * self.clear_err_unit, self.size)) for s, e in units]
+        for s, e in cleared:
+            self._commit(lambda st, s=s, e=e: _clear_medium(st, s, e))
+            self._store(bytes(e - s), s)
+            self._commit(lambda st, s=s, e=e: _forget_known(st, s, e))
+        return [(s, e - s) for s, e in cleared]
+
+    # -- reports ------------------------------------------------------------------------------
+    @property
+    def badblocks(self) -> BadblocksView:
+        return BadblocksView(self)
+
+    def media_errors(self) -> dict:
+        self._sync()
+        bb = self._state.badblocks
+        return {"badblock_count": bb.sectors, "badblocks": [{"offset": e.sector, "length": e.count} for e in bb]}
+
+    def bad_ranges(self) -> list[tuple[int, int]]:
+        """The bad range list: known bad byte ranges (offset, length)."""
+        self._sync()
+        return [(s, e - s) for s, e in self._state.bad_ranges]
+
+    def poisoned_ranges(self) -> list[tuple[int, int]]:
+        """Hardware truth, for tests and tools: every poisoned (offset, length), known or not."""
+        self._sync()
+        return [(s, e - s) for s, e in self._state.poison]
+
+    def info(self) -> dict:
+        self._sync()
+        st = self._state
+        return {
+            "path": self.path,
+            "size": self.size,
+            "clear_err_unit": self.clear_err_unit,
+            "page_size": PAGE_SIZE,
+            "sector_size": SECTOR_SIZE,
+            "badblock_count": st.badblocks.sectors,
+            "badblock_entries": st.badblocks.count,
+            "bad_ranges": len(st.bad_ranges),
+            "poisoned_bytes": ranges.total(st.poison),
+            "injected_blocks": ranges.total(st.injected),
+            "scrub_count": st.scrub_count,
+        }
+
+    # -- mappings -----------------------------------------------------------------------------
+    def map(self, offset: int = 0, length: int | None = None):
+        from .mapping import DaxMapping
+
+        self._sync()
+        if length is None:
+            length = self.size - offset
+        if offset % PAGE_SIZE:
+            raise InvalidArgument(f"mapping offset {offset} is not a multiple of {PAGE_SIZE}")
+        if length <= 0:
+            raise InvalidArgument(f"mapping length must be > 0, got {length}")
+        length = align_up(length, PAGE_SIZE)
+        self._check_range(offset, length)
+        return DaxMapping(self, [(0, offset, length)])
+
+    def _map_pieces(self, pieces: list[tuple[int, int, int]]) -> Region:
+        """A region of this image's data pieces: (mapping offset, device offset, length)."""
+        total = sum(n for _, _, n in pieces)
+        region = Region(self._img.fd, [(m, self._img.data_offset + d, n) for m, d, n in pieces], total)
+        return region
+
+    def _register(self, mapping) -> None:
+        with self._lock:
+            self._mappings.add(mapping)
+            mapping._reprotect(self._prot_pages)
+            if self._watcher is None or not self._watcher.is_alive():
+                self._stop.clear()
+                self._watcher = threading.Thread(target=self._watch, name="daxkit-watch", daemon=True)
+                self._watcher.start()
+
+    def _watch(self) -> None:
+        """Mappings learn of poison made known elsewhere without calling in: poll the
+        generation word (one load) and apply changes, so raw loads fault and on_poison runs."""
+        ref = weakref.ref(self)
+        del self
+        while True:
+            dev = ref()
+            if dev is None or dev._stop.is_set() or not dev._mappings:
+                return
+            stop = dev._stop
+            try:
+                if dev._words[LIVE_GEN] != dev._gen:
+                    dev._sync()
+            except (DaxError, ValueError, OSError):
+                return
+            del dev
+            if stop.wait(WATCH_INTERVAL):
+                return

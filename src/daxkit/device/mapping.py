@@ -1,0 +1,192 @@
+"""DaxMapping: the direct-map use case (SPEC 2.7).
+
+Rules
+  * ``buf`` is the raw mapping: a plain writable memoryview, no checks, no overhead.  Pages that
+    hold poison (known or latent) are PROT_NONE in it, so a raw load dies as a load of hardware
+    poison would.
+  * The safe accessors never die.  They deliver every clean line before the first bad one and
+    raise ``PoisonError`` (offset, length, done) there; the first touch of latent poison makes it
+    known (consumption).  Stores never clear poison; ``recover`` does.
+  * Offsets given to and returned by a mapping are mapping offsets, except ``PoisonError.offset``,
+    which is a device offset (SPEC 2.7).
+
+Theory of operation
+  A mapping is a list of pieces (mapping offset, device offset, length) laid out in one region.
+  A device mapping has one piece; a file mapping (daxfs) has one per extent.  The device keeps
+  every mapping's protections in step with its own and calls ``_poison_known`` with device
+  ranges that became known; the mapping translates them into its own offsets for ``on_poison``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from .. import _copymc
+from ..errors import DeviceGone, InvalidArgument, PoisonError
+from ..medium import ranges
+from ..units import PAGE_SIZE
+
+_copy_mc_from = _copymc.copy_mc_from
+
+
+class DaxMapping:
+    def __init__(self, dev, pieces: list[tuple[int, int, int]]):
+        self._dev = dev
+        self._pieces = pieces
+        self.length = sum(n for _, _, n in pieces)
+        self.offset = pieces[0][1]  # device offset of the first byte
+        self._region = dev._map_pieces(pieces)
+        self._mm = self._region.mm
+        self.buf = memoryview(self._mm)
+        self.on_poison: Callable[[int, int], object] | None = None
+        self._closed = False
+        self._gone = False
+        dev._register(self)
+
+    def __enter__(self) -> DaxMapping:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        return f"<DaxMapping device_offset={self.offset} length={self.length}{' closed' if self._closed else ''}>"
+
+    # -- offsets ----------------------------------------------------------------------------
+    def _split(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
+        """(mapping offset, device offset, length) pieces of [offset, offset+length)."""
+        end = offset + length
+        for moff, doff, n in self._pieces:
+            s, e = max(offset, moff), min(end, moff + n)
+            if s < e:
+                yield s, doff + (s - moff), e - s
+
+    def _to_mapping(self, dev_ivs: ranges.Intervals) -> ranges.Intervals:
+        out: ranges.Intervals = []
+        for moff, doff, n in self._pieces:
+            for s, e in ranges.clip(dev_ivs, doff, doff + n):
+                out = ranges.add(out, moff + s - doff, moff + e - doff)
+        return out
+
+    def _check(self, offset: int, length: int) -> None:
+        if self._closed:
+            raise DeviceGone("mapping is closed")
+        if self._gone:
+            raise DeviceGone("device was removed")
+        if length < 0 or offset < 0 or offset + length > self.length:
+            raise InvalidArgument(f"offset={offset} length={length} is outside the mapping (length {self.length})")
+
+    # -- safe accessors ---------------------------------------------------------------------
+    def readinto(self, buf, offset: int) -> int:
+        dev = self._dev
+        if dev._words[0] != dev._gen:
+            dev._sync()
+        dst = memoryview(buf).cast("B")
+        n = dst.nbytes
+        self._check(offset, n)
+        if not _copy_mc_from(dst, self._mm, offset):
+            return n
+        done = 0
+        for moff, doff, k in self._split(offset, n):
+            got, bad = dev._read_lines(dst[moff - offset : moff - offset + k], doff)
+            done += got
+            if bad is not None:
+                raise PoisonError(
+                    f"poison at device offset {bad[0]} (+{bad[1]}) after {done} bytes",
+                    offset=bad[0],
+                    length=bad[1],
+                    done=done,
+                )
+        return n
+
+    def read(self, offset: int, length: int) -> bytes:
+        if length < 0:
+            raise InvalidArgument(f"negative length {length}")
+        buf = bytearray(length)
+        self.readinto(buf, offset)
+        return bytes(buf)
+
+    def write(self, offset: int, data) -> int:
+        dev = self._dev
+        dev._sync()
+        src = memoryview(data).cast("B")
+        n = src.nbytes
+        self._check(offset, n)
+        done = 0
+        for moff, doff, k in self._split(offset, n):
+            bad = ranges.first_overlap(dev._prot_bytes, doff, doff + k)
+            if bad is None:
+                self._mm[moff : moff + k] = src[moff - offset : moff - offset + k]
+                done += k
+                continue
+            clean = max(bad[0], doff) - doff
+            self._mm[moff : moff + clean] = src[moff - offset : moff - offset + clean]
+            done += clean
+            page = max(bad[0], doff)
+            line = ranges.first_overlap(dev._bad_lines(), page, page + PAGE_SIZE) or (page, page + PAGE_SIZE)
+            first = max(line[0], page)
+            raise PoisonError(
+                f"store into a poisoned page at device offset {page}: stores never clear poison (use recover)",
+                offset=first,
+                length=line[1] - first,
+                done=done,
+            )
+        return n
+
+    def recover(self, offset: int, data) -> int:
+        """Rewrite whole pages in place: clear their poison, store ``data``, map them back in."""
+        src = memoryview(data).cast("B")
+        n = src.nbytes
+        self._check(offset, n)
+        if offset % PAGE_SIZE or n % PAGE_SIZE:
+            raise InvalidArgument(
+                f"recover needs page-aligned offset and length (got offset={offset} length={n}); "
+                "sub-page recovery is a recovery-path feature (SPEC 4)"
+            )
+        for moff, doff, k in self._split(offset, n):
+            self._dev._rewrite_pages(doff, src[moff - offset : moff - offset + k])
+        return n
+
+    def bad_ranges(self) -> list[tuple[int, int]]:
+        self._dev._sync()
+        return [(s, e - s) for s, e in self._to_mapping(self._dev._known)]
+
+    # -- kept in step by the device ---------------------------------------------------------
+    def _reprotect(self, dev_pages: ranges.Intervals) -> None:
+        if self._closed or self._gone:
+            return
+        pages: ranges.Intervals = []
+        for moff, doff, n in self._pieces:
+            for s, e in ranges.clip(dev_pages, doff // PAGE_SIZE, (doff + n) // PAGE_SIZE):
+                base = moff // PAGE_SIZE - doff // PAGE_SIZE
+                pages = ranges.add(pages, s + base, e + base)
+        self._region.protect(pages)
+
+    def _poison_known(self, dev_ivs: ranges.Intervals) -> None:
+        cb = self.on_poison
+        if cb is None or self._closed:
+            return
+        for s, e in self._to_mapping(dev_ivs):
+            cb(s, e - s)
+
+    def _revoke(self) -> None:
+        self._gone = True
+        self._region.revoke()
+
+    def _detach(self) -> None:
+        """The device closed under us: safe accessors fail from now on; raw views stay valid."""
+        self._gone = True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._dev._mappings.discard(self)
+        try:
+            self.buf.release()
+        except BufferError:
+            pass  # someone exported from buf itself; the region goes when they let go
+        self._region.close()

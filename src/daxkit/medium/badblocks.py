@@ -1,0 +1,217 @@
+"""The badblocks table, with the kernel's rules (block/badblocks.c, include/linux/badblocks.h).
+
+Rules
+  * Units are 512-byte sectors.  An entry is (sector, count, acknowledged).
+  * Entries are sorted and merged: touching or overlapping runs become one entry; a run longer
+    than BB_MAX_LEN (512) sectors is split into 512-sector entries from its start.
+  * At most MAX_BADBLOCKS (512) entries.  A set that would need more fails whole with ENOSPC; a
+    clear that must split an entry on a full table fails with ENOSPC.  Nothing changes on failure.
+  * Acknowledged: setting a range overwrites the flag of the sectors it covers; an entry is
+    acknowledged when every sector in it is (the kernel ANDs flags when it merges).
+  * Text form (the sysfs file): one "<sector> <count>\\n" line per entry.  Writing "S C" adds an
+    acknowledged entry; a count <= 0, junk after the numbers, or not two numbers is EINVAL.
+
+Theory of operation
+  The table is held as "segments": sorted, disjoint (start, end, ack) runs that never merge
+  across different flags, so the per-sector flag survives merging.  The entries the kernel would
+  show are derived from the segments: maximal runs, split at 512, flag = AND of the segments.
+  The segments are what the medium persists.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from ..errors import InvalidArgument, NoSpace
+
+BB_MAX_LEN = 512
+MAX_BADBLOCKS = 512
+
+Segment = tuple[int, int, bool]
+
+
+class BadblocksCheck(NamedTuple):
+    """Result of ``check``: like the kernel's return value and out-parameters.
+    ``status`` is 0 (none), 1 (bad, all acknowledged) or -1 (bad, some unacknowledged);
+    ``first_bad``/``bad_sectors`` describe the first entry met.  True when anything is bad."""
+
+    status: int
+    first_bad: int
+    bad_sectors: int
+
+    def __bool__(self) -> bool:
+        return self.status != 0
+
+
+class Entry(NamedTuple):
+    sector: int
+    count: int
+    acknowledged: bool
+
+
+def _normalize(segs: list[Segment]) -> list[Segment]:
+    """Merge touching segments that carry the same flag."""
+    out: list[Segment] = []
+    for s, e, a in segs:
+        if out and out[-1][1] == s and out[-1][2] == a:
+            out[-1] = (out[-1][0], e, a)
+        else:
+            out.append((s, e, a))
+    return out
+
+
+def _entries(segs: list[Segment]) -> list[Entry]:
+    out: list[Entry] = []
+    i, n = 0, len(segs)
+    while i < n:
+        run_start, run_end = segs[i][0], segs[i][1]
+        j = i + 1
+        while j < n and segs[j][0] == run_end:
+            run_end = segs[j][1]
+            j += 1
+        run = segs[i:j]
+        for s in range(run_start, run_end, BB_MAX_LEN):
+            e = min(s + BB_MAX_LEN, run_end)
+            ack = all(a for ss, se, a in run if ss < e and se > s)
+            out.append(Entry(s, e - s, ack))
+        i = j
+    return out
+
+
+def _overwrite(segs: list[Segment], start: int, end: int, ack: bool | None) -> list[Segment]:
+    """Segments with [start, end) removed, then (if ack is not None) set to ``ack``."""
+    out: list[Segment] = []
+    placed = ack is None
+    for s, e, a in segs:
+        if e <= start:
+            out.append((s, e, a))
+            continue
+        if s >= end:
+            if not placed:
+                out.append((start, end, ack))
+                placed = True
+            out.append((s, e, a))
+            continue
+        if s < start:
+            out.append((s, start, a))
+        if not placed:
+            out.append((start, end, ack))
+            placed = True
+        if e > end:
+            out.append((end, e, a))
+    if not placed:
+        out.append((start, end, ack))
+    return _normalize(out)
+
+
+def parse_entry(text: str) -> tuple[int, int]:
+    """Read "<sector> <count>" as the sysfs badblocks file does; EINVAL on anything else."""
+    parts = text.split()
+    if len(parts) != 2:
+        raise InvalidArgument(f"badblocks: expected '<sector> <count>', got {text!r}")
+    try:
+        sector, count = int(parts[0], 10), int(parts[1], 10)
+    except ValueError:
+        raise InvalidArgument(f"badblocks: not two decimal numbers: {text!r}") from None
+    if sector < 0 or count <= 0:
+        raise InvalidArgument(f"badblocks: sector must be >= 0 and count > 0, got {text!r}")
+    return sector, count
+
+
+class Badblocks:
+    """The table.  Iterating yields ``Entry(sector, count, acknowledged)``."""
+
+    def __init__(self, segments: list[Segment] | None = None):
+        self._segs: list[Segment] = _normalize(sorted(segments or []))
+        self._ents = _entries(self._segs)
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def segments(self) -> list[Segment]:
+        return list(self._segs)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._ents)
+
+    def __len__(self) -> int:
+        return len(self._ents)
+
+    def __bool__(self) -> bool:
+        return bool(self._ents)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Badblocks):
+            return self._segs == other._segs
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Badblocks({[tuple(e) for e in self._ents]})"
+
+    @property
+    def count(self) -> int:
+        """Number of entries (the kernel's bb->count)."""
+        return len(self._ents)
+
+    @property
+    def sectors(self) -> int:
+        """Number of bad sectors (ndctl's badblock_count)."""
+        return sum(e - s for s, e, _ in self._segs)
+
+    def text(self, unacknowledged_only: bool = False) -> str:
+        return "".join(
+            f"{e.sector} {e.count}\n" for e in self._ents if not (unacknowledged_only and e.acknowledged)
+        )
+
+    def check(self, sector: int, count: int) -> BadblocksCheck:
+        end = sector + count
+        for e in self._ents:
+            if e.sector >= end:
+                break
+            if e.sector + e.count > sector:
+                unacked = any(
+                    not x.acknowledged for x in self._ents if x.sector < end and x.sector + x.count > sector
+                )
+                return BadblocksCheck(-1 if unacked else 1, e.sector, e.count)
+        return BadblocksCheck(0, 0, 0)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """Bad sectors as merged [start, end) sector intervals."""
+        out: list[tuple[int, int]] = []
+        for s, e, _ in self._segs:
+            if out and out[-1][1] == s:
+                out[-1] = (out[-1][0], e)
+            else:
+                out.append((s, e))
+        return out
+
+    # -- changing (each returns a new table; the receiver is unchanged) ----------------------
+    def set(self, sector: int, count: int, acknowledged: bool = True) -> Badblocks:
+        if sector < 0 or count <= 0:
+            raise InvalidArgument(f"badblocks: bad range sector={sector} count={count}")
+        new = Badblocks(_overwrite(self._segs, sector, sector + count, bool(acknowledged)))
+        if new.count > MAX_BADBLOCKS:
+            raise NoSpace(
+                f"badblocks table full: adding {sector}+{count} needs {new.count} entries "
+                f"(max {MAX_BADBLOCKS})",
+                errno=_errno.ENOSPC,
+            )
+        return new
+
+    def clear(self, sector: int, count: int) -> Badblocks:
+        if sector < 0 or count < 0:
+            raise InvalidArgument(f"badblocks: bad range sector={sector} count={count}")
+        if count == 0:
+            return self
+        new = Badblocks(_overwrite(self._segs, sector, sector + count, None))
+        if new.count > MAX_BADBLOCKS:
+            raise NoSpace(
+                f"badblocks table full: clearing {sector}+{count} would split an entry "
+                f"(max {MAX_BADBLOCKS})"
+            )
+        return new
+
+    def add_text(self, text: str) -> Badblocks:
+        sector, count = parse_entry(text)
+        return self.set(sector, count, True)

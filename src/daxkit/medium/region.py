@@ -1,0 +1,81 @@
+"""Virtual memory for mappings of the data area: one contiguous range built from pieces of the
+image file, whose pages can be made PROT_NONE (how the emulator makes poison fault).
+
+Rules
+  * A Region owns an anonymous reservation (a Python mmap object); pieces of the image file are
+    mapped over it with MAP_FIXED.  Closing the mmap object unmaps everything at once, and Python
+    refuses to close it while a memoryview still points into it, so stale views never dangle.
+  * ``protect`` keeps the set of PROT_NONE pages and changes only what differs: no system call
+    when nothing changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+
+from ..units import PAGE_SIZE
+from . import ranges
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.mprotect.restype = ctypes.c_int
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_RW = mmap.PROT_READ | mmap.PROT_WRITE
+_MAP_FIXED = 0x10  # <sys/mman.h>, the same on every Linux architecture
+_PROT_NONE = 0
+
+
+def address_of(mm: mmap.mmap) -> int:
+    anchor = ctypes.c_char.from_buffer(mm)
+    try:
+        return ctypes.addressof(anchor)
+    finally:
+        del anchor
+
+
+class Region:
+    """``pieces``: (region_offset, file_offset, length), page-aligned, covering [0, length)."""
+
+    def __init__(self, fd: int, pieces: list[tuple[int, int, int]], length: int):
+        self.length = length
+        self.mm = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE, prot=_RW)
+        self.addr = address_of(self.mm)
+        self._none: ranges.Intervals = []  # region pages that are PROT_NONE
+        for roff, foff, n in pieces:
+            got = _libc.mmap(self.addr + roff, n, _RW, mmap.MAP_SHARED | _MAP_FIXED, fd, foff)
+            if got == _MAP_FAILED or got != self.addr + roff:
+                err = ctypes.get_errno()
+                self.mm.close()
+                raise OSError(err, f"mmap of file offset {foff}: {os.strerror(err)}")
+
+    def protect(self, none_pages: ranges.Intervals) -> None:
+        """Make exactly ``none_pages`` (region page intervals) PROT_NONE, the rest read-write."""
+        if none_pages == self._none:
+            return
+        for s, e in ranges.subtract(none_pages, self._none):
+            self._mprotect(s, e, _PROT_NONE)
+        for s, e in ranges.subtract(self._none, none_pages):
+            self._mprotect(s, e, _RW)
+        self._none = list(none_pages)
+
+    def _mprotect(self, first: int, end: int, prot: int) -> None:
+        if _libc.mprotect(self.addr + first * PAGE_SIZE, (end - first) * PAGE_SIZE, prot) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mprotect: {os.strerror(err)}")
+
+    def revoke(self) -> None:
+        """Make every page fault (the device is gone), without unmapping under live views."""
+        self.protect([(0, self.length // PAGE_SIZE)])
+
+    def close(self) -> bool:
+        """Unmap now if no view is left; otherwise Python unmaps when the last view dies."""
+        try:
+            self.mm.close()
+            return True
+        except BufferError:
+            return False
