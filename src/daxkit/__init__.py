@@ -10,6 +10,10 @@ The one native file, _copymc.c, is the machine-check-safe copy.
 
 from __future__ import annotations
 
+import faulthandler as _faulthandler
+import functools as _functools
+
+from . import _copymc
 from ._copymc import copy_mc
 from .device.device import (
     ACCESS,
@@ -40,6 +44,24 @@ from .medium.image import Image, create_image
 from .units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, parse_size
 
 __version__ = "0.1.0"
+
+
+def _keep_copy_mc_on_top(enable):
+    """faulthandler.enable() installs its handler over ours; put ours back on top, chaining to it,
+    so a fault inside copy_mc stays recoverable and every other fault still reaches faulthandler."""
+
+    @_functools.wraps(enable)
+    def wrapper(*args, **kwargs):
+        result = enable(*args, **kwargs)
+        _copymc.install()
+        return result
+
+    wrapper.__daxkit_wrapped__ = True
+    return wrapper
+
+
+if not getattr(_faulthandler.enable, "__daxkit_wrapped__", False):
+    _faulthandler.enable = _keep_copy_mc_on_top(_faulthandler.enable)
 
 
 def create(path: str, size: int | str, *, clear_err_unit: int = DEFAULT_CLEAR_ERR_UNIT, force: bool = False) -> DaxDevice:

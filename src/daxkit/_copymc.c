@@ -13,6 +13,10 @@
  *   inside a copy and the fault address lies in that copy's source range; every other fault goes
  *   to the handler that was installed before ours (faulthandler, or the default action), untouched.
  *
+ *   Python's faulthandler, when enabled after us, would sit on top and turn a recoverable fault
+ *   into a fatal error; daxkit re-installs this handler after every faulthandler.enable() (see
+ *   daxkit/__init__.py) and at every device open, and chains to faulthandler from here.
+ *
  *   The fast path is one memcpy bracketed by sigsetjmp(env, 0) -- no signal-mask save, so no
  *   system call.  Because memcpy may touch the source out of order, a fault sends us to a careful
  *   forward copy (page-sized chunks, then bytes within the faulting chunk) that finds the exact
@@ -38,27 +42,44 @@ struct mc_ctx {
 static __thread struct mc_ctx mc_ctx __attribute__((tls_model("initial-exec")));
 static __thread uintptr_t mc_last_fault __attribute__((tls_model("initial-exec")));
 static struct sigaction mc_old_bus, mc_old_segv;
-static int mc_installed;
 
 #define MC_GIL_THRESHOLD (256 * 1024)
+
+static volatile sig_atomic_t mc_chaining;
+static volatile uintptr_t mc_chain_addr;
+
+static void mc_default(int sig, siginfo_t *si)
+{
+    /* Restore the default action: a real fault re-executes and dies, a sent signal is re-raised. */
+    signal(sig, SIG_DFL);
+    if (si->si_code <= 0)
+        raise(sig);
+}
 
 static void mc_chain(int sig, siginfo_t *si, void *uc)
 {
     struct sigaction *old = sig == SIGBUS ? &mc_old_bus : &mc_old_segv;
+    uintptr_t addr = si->si_code > 0 ? (uintptr_t)si->si_addr : 0;
+    int has_action = (old->sa_flags & SA_SIGINFO) && old->sa_sigaction;
+    int has_handler = !(old->sa_flags & SA_SIGINFO) && old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN;
 
-    if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
+    /*
+     * Two loops to break.  faulthandler re-raises after restoring *its* predecessor, which may be
+     * us (when it was enabled after us and we re-installed on top): re-entry goes to the default
+     * action.  A predecessor that returns without curing the fault (a disabled faulthandler)
+     * would see the same address forever: the second time, the default action.
+     */
+    if (mc_chaining || (addr && addr == mc_chain_addr) || !(has_action || has_handler)) {
+        mc_default(sig, si);
+        return;
+    }
+    mc_chaining = 1;
+    mc_chain_addr = addr;
+    if (has_action)
         old->sa_sigaction(sig, si, uc);
-        return;
-    }
-    if (!(old->sa_flags & SA_SIGINFO) && old->sa_handler != SIG_DFL &&
-        old->sa_handler != SIG_IGN) {
+    else
         old->sa_handler(sig);
-        return;
-    }
-    /* Default action: restore it; a real fault re-executes and dies, a sent signal is re-raised. */
-    signal(sig, SIG_DFL);
-    if (si->si_code <= 0)
-        raise(sig);
+    mc_chaining = 0;
 }
 
 static void mc_handler(int sig, siginfo_t *si, void *uc)
@@ -96,7 +117,6 @@ static int mc_install(void)
         if (sigaction(SIGSEGV, &sa, &mc_old_segv) != 0)
             return -1;
     }
-    mc_installed = 1;
     return 0;
 }
 
