@@ -169,6 +169,7 @@ class DaxDevice:
         self._state = ErrorState()
         self._bb_bytes: ranges.Intervals = []  # badblocks as byte intervals: the fast-path check
         self._known: ranges.Intervals = []  # badblocks sectors + bad range list, in bytes
+        self._precise: ranges.Intervals = []  # the same, line-precise where the list knows better
         self._prot_bytes: ranges.Intervals = []  # bytes of PROT_NONE pages
         self._prot_pages: ranges.Intervals = []
         self._mappings: weakref.WeakSet = weakref.WeakSet()
@@ -239,17 +240,21 @@ class DaxDevice:
             return state
 
     def _apply(self, gen: int, state: ErrorState, *, report: bool = True, holder_report=None) -> None:
-        old_known = self._known
+        old_precise = self._precise
         self._state = state
         self._bb_bytes = [(s * SECTOR_SIZE, e * SECTOR_SIZE) for s, e in state.badblocks.ranges()]
         self._known = ranges.union(self._bb_bytes, state.bad_ranges)
+        # What to tell owners: the line-precise bad range list, plus table entries that no bad
+        # range explains (software entries written to the table).
+        soft = [iv for iv in self._bb_bytes if not ranges.clip(state.bad_ranges, *iv)]
+        self._precise = ranges.union(state.bad_ranges, soft)
         self._prot_pages = ranges.scale(ranges.union(state.poison, self._known), PAGE_SIZE)
         self._prot_bytes = [(s * PAGE_SIZE, e * PAGE_SIZE) for s, e in self._prot_pages]
         self._region.protect(self._prot_pages)
         for m in list(self._mappings):
             m._reprotect(self._prot_pages)
         self._gen = gen
-        new = ranges.subtract(self._known, old_known)
+        new = ranges.subtract(self._precise, old_precise)
         if report and new:
             self._report(new, holder_report)
 

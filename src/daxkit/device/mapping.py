@@ -152,7 +152,7 @@ class DaxMapping:
 
     def bad_ranges(self) -> list[tuple[int, int]]:
         self._dev._sync()
-        return [(s, e - s) for s, e in self._to_mapping(self._dev._known)]
+        return [(s, e - s) for s, e in self._to_mapping(self._dev._precise)]
 
     # -- kept in step by the device ---------------------------------------------------------
     def _reprotect(self, dev_pages: ranges.Intervals) -> None:
