@@ -409,7 +409,9 @@ class DaxDevice:
 
     # -- the line-precise slow path (shared with mappings) -------------------------------------
     def _bad_lines(self) -> ranges.Intervals:
-        return ranges.union(self._state.poison, self._known)
+        """Lines a safe accessor must not deliver: poison and precisely known errors (a whole
+        sector only when the table has an entry that no bad range explains)."""
+        return ranges.union(self._state.poison, self._precise)
 
     def _read_lines(self, dst: memoryview, offset: int) -> tuple[int, tuple[int, int] | None]:
         """Copy device bytes [offset, offset+len(dst)) into dst up to the first bad line.
@@ -435,11 +437,9 @@ class DaxDevice:
 
     def _met_bad(self, pos: int, bad: tuple[int, int]) -> tuple[int, int]:
         line = max(bad[0], align_down(pos, LINE_SIZE))
-        if _first_overlap(self._known, line, line + LINE_SIZE) is None:
+        if _first_overlap(self._precise, line, line + LINE_SIZE) is None:
             self._consume(line)
-        # Report the line-precise run when one is recorded; a software badblocks entry has none.
-        precise = ranges.union(self._state.poison, self._state.bad_ranges)
-        run = _first_overlap(precise, line, line + LINE_SIZE) or _first_overlap(self._known, line, line + LINE_SIZE)
+        run = _first_overlap(self._bad_lines(), line, line + LINE_SIZE)
         return line, (run[1] if run else line + LINE_SIZE) - line
 
     def _consume(self, line: int) -> None:
