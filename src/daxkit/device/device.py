@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from .. import _copymc
@@ -167,7 +168,9 @@ class DaxDevice:
         self._closed = False
         self._gen = -1
         self._state = ErrorState()
-        self._bb_bytes: ranges.Intervals = []  # badblocks as byte intervals: the fast-path check
+        self._bb_bytes: ranges.Intervals = []  # badblocks as byte intervals
+        self._bb_starts: list[int] = []
+        self._bb_ends: list[int] = []
         self._known: ranges.Intervals = []  # badblocks sectors + bad range list, in bytes
         self._precise: ranges.Intervals = []  # the same, line-precise where the list knows better
         self._prot_bytes: ranges.Intervals = []  # bytes of PROT_NONE pages
@@ -243,6 +246,8 @@ class DaxDevice:
         old_precise = self._precise
         self._state = state
         self._bb_bytes = [(s * SECTOR_SIZE, e * SECTOR_SIZE) for s, e in state.badblocks.ranges()]
+        self._bb_starts = [s for s, _ in self._bb_bytes]  # int arrays: the fast-path lookup
+        self._bb_ends = [e for _, e in self._bb_bytes]
         self._known = ranges.union(self._bb_bytes, state.bad_ranges)
         # What to tell owners: the line-precise bad range list, plus table entries that no bad
         # range explains (software entries written to the table).
@@ -355,8 +360,11 @@ class DaxDevice:
         n = buffer.nbytes if type(buffer) is memoryview else len(buffer)
         if offset < 0 or offset + n > self.size:
             self._check_range(offset, n)
-        if self._bb_bytes and _first_overlap(self._bb_bytes, offset, offset + n):
-            raise MediaError(f"read of {n} bytes at offset {offset} meets a known bad sector")
+        ends = self._bb_ends
+        if ends:  # the one branch; O(log n): the last entry starting before our end decides
+            i = bisect_right(self._bb_starts, offset + n - 1)
+            if i and ends[i - 1] > offset and n:
+                raise MediaError(f"read of {n} bytes at offset {offset} meets a known bad sector")
         if _copy_mc_from(buffer, self._mm, offset):
             self._block_read_fault(buffer, offset, n)
         return n

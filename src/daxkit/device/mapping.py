@@ -84,11 +84,12 @@ class DaxMapping:
         dev = self._dev
         if dev._words[0] != dev._gen:
             dev._sync()
-        dst = memoryview(buf).cast("B")
-        n = dst.nbytes
-        self._check(offset, n)
-        if not _copy_mc_from(dst, self._mm, offset):
+        n = buf.nbytes if type(buf) is memoryview else len(buf)
+        if self._closed or self._gone or offset < 0 or offset + n > self.length:
+            self._check(offset, n)
+        if not _copy_mc_from(buf, self._mm, offset):
             return n
+        dst = memoryview(buf).cast("B")
         done = 0
         for moff, doff, k in self._split(offset, n):
             got, bad = dev._read_lines(dst[moff - offset : moff - offset + k], doff)
