@@ -3,11 +3,25 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv sysdeps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+# Debian packages the tests use (strace: the no-system-call check of copy_mc). Installed when
+# missing and we are root on a Debian machine; elsewhere the tests that need them skip.
+SYSDEPS := strace
+
+sysdeps:
+	@missing=""; for p in $(SYSDEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian packages:$$missing"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+				|| echo "warning: could not install$$missing; tests that need them will skip"; \
+		else echo "note: missing$$missing (not root or no apt-get); tests that need them will skip"; fi; \
+	fi
 
 venv: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -15,7 +29,7 @@ venv: $(BIN)/python
 demo: venv
 	$(BIN)/daxkit demo
 
-test: venv
+test: sysdeps venv
 	$(BIN)/python -m pytest tests
 
 bench: venv

@@ -19,7 +19,9 @@ DEV_SIZE = 256 * MiB
 
 
 def _tmpfs_dir() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    return (
+        "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    )
 
 
 def _best(fn, rounds: int) -> float:
@@ -172,7 +174,11 @@ def bench_device(b: Bench, work: str, only: str | None) -> None:
         offs[:] = clean
         b.compare(
             "4 KiB random reads, 512 badblocks entries",
-            {"dev.readinto": dev_readinto, "raw floor (buf[:]=m.buf[o:o+4096])": raw_floor, "raw floor, memoryview dst": raw_floor_mv},
+            {
+                "dev.readinto": dev_readinto,
+                "raw floor (buf[:]=m.buf[o:o+4096])": raw_floor,
+                "raw floor, memoryview dst": raw_floor_mv,
+            },
             ["raw floor (buf[:]=m.buf[o:o+4096])", "raw floor, memoryview dst"],
             {"raw floor (buf[:]=m.buf[o:o+4096])": "<= 2.5x"},
         )
@@ -187,7 +193,15 @@ def bench_device(b: Bench, work: str, only: str | None) -> None:
             dev.scrub()
         dt = (time.perf_counter() - t) / reps
         # The emulated ARS walks the poison list; it reads no data, so this is not a media rate.
-        b.rows.append((f"scrub, emulated ARS ({DEV_SIZE / dt / 1e9:.0f} GB/s)", dt, "raw read of 256 MiB", raw_256m, "reported"))
+        b.rows.append(
+            (
+                f"scrub, emulated ARS ({DEV_SIZE / dt / 1e9:.0f} GB/s)",
+                dt,
+                "raw read of 256 MiB",
+                raw_256m,
+                "reported",
+            )
+        )
 
     m.close()
     dev.close()
@@ -215,15 +229,22 @@ def bench_copy_mc(b: Bench, only: str | None) -> None:
             dv[:] = sv
         return n
 
-    b.compare("1 MiB copy", {"daxkit.copy_mc": mc, "memoryview copy (dst[:]=src)": plain}, ["memoryview copy (dst[:]=src)"], {"memoryview copy (dst[:]=src)": "<= 1.1x"})
+    b.compare(
+        "1 MiB copy",
+        {"daxkit.copy_mc": mc, "memoryview copy (dst[:]=src)": plain},
+        ["memoryview copy (dst[:]=src)"],
+        {"memoryview copy (dst[:]=src)": "<= 1.1x"},
+    )
 
 
 def main(quick: bool = False, only: str | None = None) -> None:
     import platform
 
     b = Bench(quick)
-    print(f"daxkit {daxkit.__version__} benchmarks, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}{', quick' if quick else ''}")
+    print(
+        f"daxkit {daxkit.__version__} benchmarks, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}{', quick' if quick else ''}"
+    )
     with tempfile.TemporaryDirectory(dir=_tmpfs_dir(), prefix="daxkit-bench-") as work:
         bench_device(b, work, only)
     bench_copy_mc(b, only)

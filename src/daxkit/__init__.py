@@ -64,7 +64,9 @@ if not getattr(_faulthandler.enable, "__daxkit_wrapped__", False):
     _faulthandler.enable = _keep_copy_mc_on_top(_faulthandler.enable)
 
 
-def create(path: str, size: int | str, *, clear_err_unit: int = DEFAULT_CLEAR_ERR_UNIT, force: bool = False) -> DaxDevice:
+def create(
+    path: str, size: int | str, *, clear_err_unit: int = DEFAULT_CLEAR_ERR_UNIT, force: bool = False
+) -> DaxDevice:
     """Make a new emulated device image at ``path`` and open it."""
     try:
         nbytes = parse_size(size)
@@ -80,10 +82,35 @@ def open(path: str) -> DaxDevice:  # noqa: A001 - the SPEC's name
 
 
 __all__ = [
-    "ACCESS", "RECOVERY_WRITE", "MF_ACTION_REQUIRED", "MF_MEM_PRE_REMOVE", "PRE_REMOVE",
-    "PAGE_SIZE", "SECTOR_SIZE", "LINE_SIZE", "DEFAULT_CLEAR_ERR_UNIT", "BB_MAX_LEN", "MAX_BADBLOCKS",
-    "create", "open", "copy_mc", "parse_size",
-    "DaxDevice", "DaxMapping", "ScrubReport", "Badblocks",
-    "DaxError", "ImageError", "InvalidArgument", "OutOfRange", "HWPoisonError", "MediaError",
-    "PoisonError", "DeviceGone", "NoSpace", "Busy", "NotSupported", "FilesystemShutdown",
+    "ACCESS",
+    "RECOVERY_WRITE",
+    "MF_ACTION_REQUIRED",
+    "MF_MEM_PRE_REMOVE",
+    "PRE_REMOVE",
+    "PAGE_SIZE",
+    "SECTOR_SIZE",
+    "LINE_SIZE",
+    "DEFAULT_CLEAR_ERR_UNIT",
+    "BB_MAX_LEN",
+    "MAX_BADBLOCKS",
+    "create",
+    "open",
+    "copy_mc",
+    "parse_size",
+    "DaxDevice",
+    "DaxMapping",
+    "ScrubReport",
+    "Badblocks",
+    "DaxError",
+    "ImageError",
+    "InvalidArgument",
+    "OutOfRange",
+    "HWPoisonError",
+    "MediaError",
+    "PoisonError",
+    "DeviceGone",
+    "NoSpace",
+    "Busy",
+    "NotSupported",
+    "FilesystemShutdown",
 ]

@@ -185,6 +185,27 @@ static size_t mc_copy_maybe_nogil(char *dst, const char *src, size_t n)
     return left;
 }
 
+/* Borrow dst (writable) and src (readable, contiguous); on failure nothing is held. */
+static int mc_get_buffers(PyObject *dst, PyObject *src, Py_buffer *d, Py_buffer *s)
+{
+    if (PyObject_GetBuffer(dst, d, PyBUF_WRITABLE) < 0)
+        return -1;
+    if (PyObject_GetBuffer(src, s, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(d);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *mc_result(Py_buffer *d, Py_buffer *s, size_t left)
+{
+    PyBuffer_Release(s);
+    PyBuffer_Release(d);
+    if (left == (size_t)-1)
+        return NULL;
+    return PyLong_FromSize_t(left);
+}
+
 PyDoc_STRVAR(copy_mc_doc,
 "copy_mc(dst, src) -> int\n\n"
 "Copy len(src) bytes from src into the writable buffer dst, surviving a fault on src.\n"
@@ -193,29 +214,19 @@ PyDoc_STRVAR(copy_mc_doc,
 static PyObject *py_copy_mc(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer d, s;
-    size_t left;
+    size_t left = (size_t)-1;
 
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "copy_mc(dst, src) takes exactly 2 arguments");
         return NULL;
     }
-    if (PyObject_GetBuffer(args[0], &d, PyBUF_WRITABLE) < 0)
+    if (mc_get_buffers(args[0], args[1], &d, &s) < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[1], &s, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&d);
-        return NULL;
-    }
-    if (d.len < s.len) {
+    if (d.len < s.len)
         PyErr_Format(PyExc_ValueError, "copy_mc: dst holds %zd bytes, src has %zd", d.len, s.len);
-        left = (size_t)-1;
-    } else {
+    else
         left = mc_copy_maybe_nogil(d.buf, s.buf, (size_t)s.len);
-    }
-    PyBuffer_Release(&s);
-    PyBuffer_Release(&d);
-    if (left == (size_t)-1)
-        return NULL;
-    return PyLong_FromSize_t(left);
+    return mc_result(&d, &s, left);
 }
 
 PyDoc_STRVAR(copy_mc_from_doc,
@@ -236,22 +247,14 @@ static PyObject *py_copy_mc_from(PyObject *self, PyObject *const *args, Py_ssize
     off = PyLong_AsSsize_t(args[2]);
     if (off == -1 && PyErr_Occurred())
         return NULL;
-    if (PyObject_GetBuffer(args[0], &d, PyBUF_WRITABLE) < 0)
+    if (mc_get_buffers(args[0], args[1], &d, &s) < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[1], &s, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&d);
-        return NULL;
-    }
     if (off < 0 || d.len > s.len - off)
         PyErr_Format(PyExc_ValueError, "copy_mc_from: %zd bytes at offset %zd do not fit a source of %zd",
                      d.len, off, s.len);
     else
         left = mc_copy_maybe_nogil(d.buf, (const char *)s.buf + off, (size_t)d.len);
-    PyBuffer_Release(&s);
-    PyBuffer_Release(&d);
-    if (left == (size_t)-1)
-        return NULL;
-    return PyLong_FromSize_t(left);
+    return mc_result(&d, &s, left);
 }
 
 static PyObject *py_last_fault(PyObject *self, PyObject *unused)

@@ -57,7 +57,7 @@ def test_clear_sh(image):
     size = json.loads(ok("info", image))["size"]
     err_sector, err_count = (size // 512) // 2, 8
     ok("inject-error", image, f"--block={err_sector}", f"--count={err_count}")
-    (sector, length), = badblocks(image)
+    ((sector, length),) = badblocks(image)
     assert sector * 2 == size // 512 and length == err_count
     # a direct read over it fails (dd iflag=direct bs=512 skip=sector count=len)
     r = daxkit_cli("read", image, "--offset", str(sector * 512), "--length", str(length * 512))
@@ -96,7 +96,7 @@ def test_daxdev_errors_sh(image):
     size = json.loads(ok("info", image))["size"]
     err_sector = (size // 512) // 2
     ok("inject-error", image, f"--block={err_sector}", "--count=8")
-    (sector, length), = badblocks(image)
+    ((sector, length),) = badblocks(image)
     assert (sector, length) == (err_sector, 8)
     # the mapped read of the poisoned address faults (the kernel's SIGBUS, our SIGSEGV)
     r = run_py(DAXDEV_ERRORS, image, str(sector), "raw")

@@ -5,7 +5,7 @@ import errno
 import pytest
 
 import daxkit
-from daxkit import ACCESS, PAGE_SIZE, RECOVERY_WRITE
+from daxkit import PAGE_SIZE, RECOVERY_WRITE
 from daxkit.errors import EHWPOISON
 
 P = PAGE_SIZE

@@ -30,7 +30,9 @@ def test_inject_without_notify_leaves_badblocks_empty(dev):
 def test_injected_poison_span_follows_clear_err_unit(img, unit, span):
     with daxkit.create(img, "1M", clear_err_unit=unit) as d:
         d.inject_error(4, 2, notify=False)
-        assert d.poisoned_ranges() == ([(4 * 512, 2 * 512)] if span == 512 else [(4 * 512, span), (5 * 512, span)])
+        assert d.poisoned_ranges() == (
+            [(4 * 512, 2 * 512)] if span == 512 else [(4 * 512, span), (5 * 512, span)]
+        )
 
 
 def test_saturate_poisons_whole_blocks(dev):

@@ -171,7 +171,8 @@ import subprocess, sys, time, daxkit
 dev = daxkit.open(sys.argv[1])
 m = dev.map(0, 16 * 4096)
 assert m.buf[7 * 4096] == 0
-subprocess.run([sys.executable, "-c", "import sys, daxkit; daxkit.open(sys.argv[1]).inject_error(57, 1)", sys.argv[1]], check=True)
+inject = "import sys, daxkit; daxkit.open(sys.argv[1]).inject_error(57, 1)"
+subprocess.run([sys.executable, "-c", inject, sys.argv[1]], check=True)
 time.sleep(0.5)                 # no daxkit call: the watcher must have unmapped the page
 print("loading", flush=True)
 x = m.buf[7 * 4096 + 100]

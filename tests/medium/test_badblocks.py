@@ -91,7 +91,9 @@ def test_check_reports_first_entry_met():
     assert not bb.check(14, 6) and bb.check(14, 7)
 
 
-@pytest.mark.parametrize("text", ["", "42", "42 8 1", "x 8", "42 y", "42 0", "42 -3", "-1 8", "42 8x", "4 2 junk"])
+@pytest.mark.parametrize(
+    "text", ["", "42", "42 8 1", "x 8", "42 y", "42 0", "42 -3", "-1 8", "42 8x", "4 2 junk"]
+)
 def test_junk_text_is_einval(text):
     with pytest.raises(InvalidArgument) as ei:
         parse_entry(text)

@@ -107,7 +107,9 @@ def test_wrong_version(img):
     with open(img, "r+b") as f:
         raw = bytearray(f.read(imagemod.INFO_SIZE))
         struct.pack_into("<I", raw, 8, 99)
-        struct.pack_into("<I", raw, imagemod._INFO_CRC_AT, __import__("zlib").crc32(bytes(raw[: imagemod._INFO_CRC_AT])))
+        struct.pack_into(
+            "<I", raw, imagemod._INFO_CRC_AT, __import__("zlib").crc32(bytes(raw[: imagemod._INFO_CRC_AT]))
+        )
         f.seek(0)
         f.write(raw)
     _expect_refusal(img, ["version 99"])

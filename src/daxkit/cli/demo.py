@@ -85,13 +85,19 @@ def _story(path: str) -> None:
         m.read(9 * P, P)
         _check(False, "PoisonError raised")
     except daxkit.PoisonError as e:
-        _check((e.offset, e.length, e.done) == (latent, 64, 640), f"PoisonError offset={e.offset} length={e.length} done={e.done}")
+        _check(
+            (e.offset, e.length, e.done) == (latent, 64, 640),
+            f"PoisonError offset={e.offset} length={e.length} done={e.done}",
+        )
     _check(dev.badblocks.check(latent // S, 1).status == 1, "consumption made the latent line known")
 
     _step(7, "scrub (ARS) and list -M")
     report = dev.scrub()
     errs = dev.media_errors()
-    _check(report.scrub_count == 2 and errs["badblock_count"] == 9, f"scrub #{report.scrub_count}; list -M: {errs}")
+    _check(
+        report.scrub_count == 2 and errs["badblock_count"] == 9,
+        f"scrub #{report.scrub_count}; list -M: {errs}",
+    )
 
     _step(8, "recover: page-aligned rewrites clear the poison (recovery_write / m.recover)")
     page5 = (base + 5 * P) // P

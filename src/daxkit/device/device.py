@@ -83,7 +83,9 @@ class ScrubReport:
 def _clear_medium(st: ErrorState, start: int, end: int) -> ErrorState:
     """The platform's clear-error command: poison and the injection records it covers go."""
     first, last = -(-start // SECTOR_SIZE), end // SECTOR_SIZE
-    return st.with_(poison=ranges.remove(st.poison, start, end), injected=ranges.remove(st.injected, first, last))
+    return st.with_(
+        poison=ranges.remove(st.poison, start, end), injected=ranges.remove(st.injected, first, last)
+    )
 
 
 def _forget_known(st: ErrorState, start: int, end: int) -> ErrorState:
@@ -144,7 +146,8 @@ class BadblocksView:
         sector, count = parse_entry(text)
         if sector + count > self._dev.size // SECTOR_SIZE:
             raise InvalidArgument(
-                f"badblocks: {sector}+{count} is past the device end ({self._dev.size // SECTOR_SIZE} sectors)"
+                f"badblocks: {sector}+{count} is past the device end "
+                f"({self._dev.size // SECTOR_SIZE} sectors)"
             )
         self._dev._commit(lambda st: st.with_(badblocks=st.badblocks.set(sector, count, True)))
 
@@ -299,7 +302,9 @@ class DaxDevice:
         if length < 0:
             raise InvalidArgument(f"negative length {length}")
         if offset < 0 or offset + length > self.size:
-            raise InvalidArgument(f"range offset={offset} length={length} is outside the device (size {self.size})")
+            raise InvalidArgument(
+                f"range offset={offset} length={length} is outside the device (size {self.size})"
+            )
 
     # -- direct access ------------------------------------------------------------------------
     def direct_access(self, pgoff: int, nr_pages: int, mode: int = ACCESS) -> tuple[int, memoryview]:
@@ -313,13 +318,17 @@ class DaxDevice:
             self._sync()
         avail = min(nr_pages, self.size // PAGE_SIZE - pgoff)
         if avail <= 0:
-            raise OutOfRange(f"page {pgoff} (+{nr_pages}) is past the device end ({self.size // PAGE_SIZE} pages)")
+            raise OutOfRange(
+                f"page {pgoff} (+{nr_pages}) is past the device end ({self.size // PAGE_SIZE} pages)"
+            )
         start = pgoff * PAGE_SIZE
-        if self._bb_bytes:
+        if self._bb_ends:
             hit = _first_overlap(self._bb_bytes, start, start + avail * PAGE_SIZE)
             if hit is not None:
                 if mode != RECOVERY_WRITE:
-                    raise HWPoisonError(f"known bad sector at offset {max(hit[0], start)} in pages {pgoff}+{avail}")
+                    raise HWPoisonError(
+                        f"known bad sector at offset {max(hit[0], start)} in pages {pgoff}+{avail}"
+                    )
                 avail = max(1, align_up(max(hit[0], start) - start, PAGE_SIZE) // PAGE_SIZE)
         return avail, self._view[start : start + avail * PAGE_SIZE]
 
@@ -331,7 +340,7 @@ class DaxDevice:
         n = data.nbytes
         self._sync()
         self._check_range(start, n)
-        if not (self._bb_bytes and _first_overlap(self._bb_bytes, start, start + n)):
+        if not (self._bb_ends and self._bb_hit(start, start + n)):
             self._store(data, start)
             return n
         if offset_in_page or n % PAGE_SIZE:
@@ -387,13 +396,18 @@ class DaxDevice:
         n = data.nbytes if type(data) is memoryview else len(data)
         if offset < 0 or offset + n > self.size:
             self._check_range(offset, n)
-        if self._bb_bytes and _first_overlap(self._bb_bytes, offset, offset + n):
+        if self._bb_ends and self._bb_hit(offset, offset + n):
             self._clear_for_write(offset, n)
         if self._prot_bytes and _first_overlap(self._prot_bytes, offset, offset + n):
             self._img.medium_write(data, offset)  # stores under latent poison do not clear it
         else:
             self._mm[offset : offset + n] = data
         return n
+
+    def _bb_hit(self, start: int, end: int) -> bool:
+        """Does [start, end) meet a known bad sector?  (readinto inlines the same test.)"""
+        i = bisect_right(self._bb_starts, end - 1)
+        return bool(i) and self._bb_ends[i - 1] > start and end > start
 
     def _clear_for_write(self, offset: int, n: int) -> None:
         """pmem_clear_poison: the whole write must be clear_err_unit-aligned, else EIO and
@@ -463,9 +477,13 @@ class DaxDevice:
     def _check_blocks(self, block: int, count: int) -> None:
         nsect = self.size // SECTOR_SIZE
         if block < 0 or count < 1 or block + count > nsect:
-            raise InvalidArgument(f"blocks {block}+{count} are outside the device ({nsect} blocks of {SECTOR_SIZE})")
+            raise InvalidArgument(
+                f"blocks {block}+{count} are outside the device ({nsect} blocks of {SECTOR_SIZE})"
+            )
 
-    def inject_error(self, block: int, count: int = 1, *, notify: bool = True, saturate: bool = False) -> None:
+    def inject_error(
+        self, block: int, count: int = 1, *, notify: bool = True, saturate: bool = False
+    ) -> None:
         self._check_blocks(block, count)
         span = SECTOR_SIZE if saturate else min(SECTOR_SIZE, self.clear_err_unit)
 
@@ -486,7 +504,10 @@ class DaxDevice:
         self._check_blocks(block, count)
         s, e = block * SECTOR_SIZE, (block + count) * SECTOR_SIZE
         self._commit(
-            lambda st: st.with_(poison=ranges.remove(st.poison, s, e), injected=ranges.remove(st.injected, block, block + count))
+            lambda st: st.with_(
+                poison=ranges.remove(st.poison, s, e),
+                injected=ranges.remove(st.injected, block, block + count),
+            )
         )
 
     def injected_errors(self) -> list[dict]:
@@ -565,7 +586,10 @@ class DaxDevice:
     def media_errors(self) -> dict:
         self._sync()
         bb = self._state.badblocks
-        return {"badblock_count": bb.sectors, "badblocks": [{"offset": e.sector, "length": e.count} for e in bb]}
+        return {
+            "badblock_count": bb.sectors,
+            "badblocks": [{"offset": e.sector, "length": e.count} for e in bb],
+        }
 
     def bad_ranges(self) -> list[tuple[int, int]]:
         """The bad range list: known bad byte ranges (offset, length)."""

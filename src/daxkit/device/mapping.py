@@ -53,7 +53,8 @@ class DaxMapping:
         return self.length
 
     def __repr__(self) -> str:
-        return f"<DaxMapping device_offset={self.offset} length={self.length}{' closed' if self._closed else ''}>"
+        state = " closed" if self._closed else ""
+        return f"<DaxMapping device_offset={self.offset} length={self.length}{state}>"
 
     # -- offsets ----------------------------------------------------------------------------
     def _split(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
@@ -77,7 +78,9 @@ class DaxMapping:
         if self._gone:
             raise DeviceGone("device was removed")
         if length < 0 or offset < 0 or offset + length > self.length:
-            raise InvalidArgument(f"offset={offset} length={length} is outside the mapping (length {self.length})")
+            raise InvalidArgument(
+                f"offset={offset} length={length} is outside the mapping (length {self.length})"
+            )
 
     # -- safe accessors ---------------------------------------------------------------------
     def readinto(self, buf, offset: int) -> int:
@@ -130,7 +133,8 @@ class DaxMapping:
             line = ranges.first_overlap(dev._bad_lines(), page, page + PAGE_SIZE) or (page, page + PAGE_SIZE)
             first = max(line[0], page)
             raise PoisonError(
-                f"store into a poisoned page at device offset {page}: stores never clear poison (use recover)",
+                f"store into a poisoned page at device offset {page}: "
+                "stores never clear poison (use recover)",
                 offset=first,
                 length=line[1] - first,
                 done=done,

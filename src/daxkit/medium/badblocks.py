@@ -207,8 +207,7 @@ class Badblocks:
         new = Badblocks(_overwrite(self._segs, sector, sector + count, None))
         if new.count > MAX_BADBLOCKS:
             raise NoSpace(
-                f"badblocks table full: clearing {sector}+{count} would split an entry "
-                f"(max {MAX_BADBLOCKS})"
+                f"badblocks table full: clearing {sector}+{count} would split an entry (max {MAX_BADBLOCKS})"
             )
         return new
 

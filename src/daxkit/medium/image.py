@@ -54,7 +54,9 @@ LIVE_GEN, LIVE_SCRUB_PID, LIVE_SCRUB_DONE, LIVE_SCRUB_TOTAL = range(4)
 
 
 def _info_bytes(data_size: int, clear_err_unit: int) -> bytes:
-    body = _INFO.pack(MAGIC, VERSION, INFO_SIZE, DATA_OFFSET, data_size, SLOT_OFFSET, SLOT_SIZE, clear_err_unit)
+    body = _INFO.pack(
+        MAGIC, VERSION, INFO_SIZE, DATA_OFFSET, data_size, SLOT_OFFSET, SLOT_SIZE, clear_err_unit
+    )
     block = bytearray(INFO_SIZE)
     block[: len(body)] = body
     struct.pack_into("<I", block, _INFO_CRC_AT, zlib.crc32(bytes(block[:_INFO_CRC_AT])))
@@ -75,7 +77,9 @@ def validate_geometry(size: int, clear_err_unit: int) -> None:
         raise InvalidArgument(f"clear_err_unit must be a power of two >= {LINE_SIZE}, got {clear_err_unit}")
 
 
-def create_image(path: str, size: int, clear_err_unit: int = DEFAULT_CLEAR_ERR_UNIT, force: bool = False) -> None:
+def create_image(
+    path: str, size: int, clear_err_unit: int = DEFAULT_CLEAR_ERR_UNIT, force: bool = False
+) -> None:
     """Write a new, empty image.  Built beside the target and renamed in, so a crash never
     leaves a half-made image under ``path`` and ``force`` never destroys the old one early."""
     validate_geometry(size, clear_err_unit)
@@ -129,13 +133,17 @@ class Image:
         if len(raw) < _INFO.size or raw[:8] != MAGIC:
             raise ImageError("not a daxkit image (no daxkit magic in the info block)", path=self.path)
         if len(raw) < INFO_SIZE:
-            raise ImageError(f"truncated image: info block is {len(raw)} of {INFO_SIZE} bytes", path=self.path)
+            raise ImageError(
+                f"truncated image: info block is {len(raw)} of {INFO_SIZE} bytes", path=self.path
+            )
         magic, version, info_size, data_off, data_size, state_off, slot_size, ceu = _INFO.unpack_from(raw)
         (crc,) = struct.unpack_from("<I", raw, _INFO_CRC_AT)
         if zlib.crc32(raw[:_INFO_CRC_AT]) != crc:
             raise ImageError("info block checksum mismatch (corrupted header)", path=self.path)
         if version != VERSION:
-            raise ImageError(f"unsupported image version {version} (this daxkit reads {VERSION})", path=self.path)
+            raise ImageError(
+                f"unsupported image version {version} (this daxkit reads {VERSION})", path=self.path
+            )
         if (info_size, data_off, state_off, slot_size) != (INFO_SIZE, DATA_OFFSET, SLOT_OFFSET, SLOT_SIZE):
             raise ImageError("info block geometry is inconsistent (corrupted header)", path=self.path)
         try:
