@@ -138,3 +138,29 @@ def test_cli_sees_state_of_a_process_holding_the_device(image):
         assert badblocks(image) == [(3, 1)]
         ok("clear-errors", image)
         assert dev.badblocks.text() == "" and dev.pread(512, 3 * 512) == bytes(512)
+
+
+def test_scrub_progress_bar_on_a_terminal(image):
+    """On a terminal start-scrub draws a progress bar on stderr; piped, it draws nothing."""
+    import os
+    import pty
+    import sys
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: stdout and stderr are the terminal
+        os.execv(sys.executable, [sys.executable, "-m", "daxkit.cli.main", "start-scrub", image])
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    text = out.decode()
+    assert "scrub [" in text and "100%" in text and '"scrub_count": 1' in text
+    piped = daxkit_cli("start-scrub", image)
+    assert piped.returncode == 0 and piped.stderr == b""

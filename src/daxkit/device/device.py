@@ -181,6 +181,8 @@ class DaxDevice:
         self._mappings: weakref.WeakSet = weakref.WeakSet()
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
+        # A device dropped without close() still gives back its file descriptor.
+        self._finalizer = weakref.finalize(self, image.close)
         self._sync(report=False)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -203,9 +205,12 @@ class DaxDevice:
         self._stop.set()
         for m in list(self._mappings):
             m._detach()
-        self._view.release()
+        try:
+            self._view.release()
+        except BufferError:
+            pass  # a direct_access view is still held; the region goes when it is dropped
         self._region.close()
-        self._img.close()
+        self._finalizer()
 
     def kill(self) -> None:
         """Device removal: the holder hears PRE_REMOVE for the whole device; after that every
