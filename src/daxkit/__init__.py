@@ -39,6 +39,16 @@ from .errors import (
     OutOfRange,
     PoisonError,
 )
+from .fs.daxfs import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    CorruptFilesystem,
+    DaxFile,
+    DaxFS,
+    mkfs,
+)
+from .fs.fsck import fsck
 from .medium.badblocks import BB_MAX_LEN, MAX_BADBLOCKS, Badblocks
 from .medium.image import Image, create_image
 from .units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, parse_size
@@ -79,6 +89,11 @@ def create(
 def open(path: str) -> DaxDevice:  # noqa: A001 - the SPEC's name
     """Open an emulated device image."""
     return DaxDevice(Image(str(path)))
+
+
+def mount(dev: DaxDevice, *, readonly: bool = False) -> DaxFS:
+    """Mount the daxfs on ``dev``; read-write makes the filesystem the device's holder."""
+    return DaxFS(dev, readonly=readonly)
 
 
 __all__ = [

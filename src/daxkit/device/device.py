@@ -241,16 +241,22 @@ class DaxDevice:
             if self._words[LIVE_GEN] == self._gen:
                 return
             gen, state = self._img.load()
-            self._apply(gen, state, report=report)
+            new = self._apply(gen, state)
+        if report and new:
+            self._report(new)
 
     def _commit(self, change, *, report=True, holder_report=None) -> ErrorState:
         with self._lock:
             self._check_alive()
             gen, state = self._img.commit(change)
-            self._apply(gen, state, report=report, holder_report=holder_report)
-            return state
+            new = self._apply(gen, state)
+        # Outside the lock: a holder may call back into the device from any thread.
+        if report and new:
+            self._report(new, holder_report)
+        return state
 
-    def _apply(self, gen: int, state: ErrorState, *, report: bool = True, holder_report=None) -> None:
+    def _apply(self, gen: int, state: ErrorState) -> ranges.Intervals:
+        """Install ``state``; returns the ranges that became known since this process looked."""
         old_precise = self._precise
         self._state = state
         self._bb_bytes = [(s * SECTOR_SIZE, e * SECTOR_SIZE) for s, e in state.badblocks.ranges()]
@@ -267,9 +273,7 @@ class DaxDevice:
         for m in list(self._mappings):
             m._reprotect(self._prot_pages)
         self._gen = gen
-        new = ranges.subtract(self._precise, old_precise)
-        if report and new:
-            self._report(new, holder_report)
+        return ranges.subtract(self._precise, old_precise)
 
     def _report(self, new: ranges.Intervals, holder_report=None) -> None:
         for m in list(self._mappings):
@@ -290,9 +294,17 @@ class DaxDevice:
 
     @holder.setter
     def holder(self, obj) -> None:
+        """At most one holder per device, across processes (the kernel's dax holder rule)."""
         with self._lock:
+            self._check_alive()
             if obj is not None and self._holder is not None and obj is not self._holder:
                 raise Busy(f"device already has a holder ({self._holder!r})", path=self.path)
+            if obj is not None and self._holder is None:
+                if not self._img.claim_holder():
+                    raise Busy("device already has a holder in another process", path=self.path)
+                self._ensure_watcher()
+            elif obj is None and self._holder is not None:
+                self._img.release_holder()
             self._holder = obj
 
     def notify_failure(self, offset: int, length: int, flags: int = 0) -> int:
@@ -433,6 +445,38 @@ class DaxDevice:
             self._img.medium_write(data, offset)
         else:
             self._mm[offset : offset + n] = data
+
+    # -- what the layers above use besides direct_access ----------------------------------------
+    def store(self, data, offset: int) -> int:
+        """CPU stores into the direct mapping at ``offset`` (a range the caller obtained through
+        direct_access).  Stores never clear poison; in the emulator they are safe on pages that
+        fault, where hardware would simply store."""
+        if self._words[LIVE_GEN] != self._gen:
+            self._sync()
+        n = data.nbytes if type(data) is memoryview else len(data)
+        if offset < 0 or offset + n > self.size:
+            self._check_range(offset, n)
+        self._store(data, offset)
+        return n
+
+    def mc_read(self, dst, offset: int) -> int:
+        """Machine-check-safe load of len(dst) bytes at ``offset`` (the kernel's
+        copy_mc_to_kernel plus memory_failure): returns the bytes delivered before the first
+        bad line; touching latent poison makes that line known and tells the holder."""
+        if self._words[LIVE_GEN] != self._gen:
+            self._sync()
+        n = dst.nbytes if type(dst) is memoryview else len(dst)
+        if offset < 0 or offset + n > self.size:
+            self._check_range(offset, n)
+        if not _copy_mc_from(dst, self._mm, offset):
+            return n
+        return self._read_lines(memoryview(dst).cast("B"), offset)[0]
+
+    def known_errors(self, offset: int = 0, length: int | None = None) -> list[tuple[int, int]]:
+        """Known bad (offset, length) ranges, line-precise where the bad range list knows."""
+        self._sync()
+        end = self.size if length is None else offset + length
+        return [(s, e - s) for s, e in ranges.clip(self._precise, offset, end)]
 
     # -- the line-precise slow path (shared with mappings) -------------------------------------
     def _bad_lines(self) -> ranges.Intervals:
@@ -648,19 +692,23 @@ class DaxDevice:
         with self._lock:
             self._mappings.add(mapping)
             mapping._reprotect(self._prot_pages)
-            if self._watcher is None or not self._watcher.is_alive():
-                self._stop.clear()
-                self._watcher = threading.Thread(target=self._watch, name="daxkit-watch", daemon=True)
-                self._watcher.start()
+            self._ensure_watcher()
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or not self._watcher.is_alive():
+            self._stop.clear()
+            self._watcher = threading.Thread(target=self._watch, name="daxkit-watch", daemon=True)
+            self._watcher.start()
 
     def _watch(self) -> None:
-        """Mappings learn of poison made known elsewhere without calling in: poll the
-        generation word (one load) and apply changes, so raw loads fault and on_poison runs."""
+        """Mappings and the holder learn of poison made known elsewhere without calling in:
+        poll the generation word (one load) and apply changes, so raw loads fault, on_poison
+        runs and the holder's notify_failure is called."""
         ref = weakref.ref(self)
         del self
         while True:
             dev = ref()
-            if dev is None or dev._stop.is_set() or not dev._mappings:
+            if dev is None or dev._stop.is_set() or not (dev._mappings or dev._holder is not None):
                 return
             stop = dev._stop
             try:

@@ -41,6 +41,8 @@ class DaxMapping:
         self.on_poison: Callable[[int, int], object] | None = None
         self._closed = False
         self._gone = False
+        self._revoked: ranges.Intervals = []  # mapping pages whose blocks the owner freed
+        self._dev_pages: ranges.Intervals = []
         dev._register(self)
 
     def __enter__(self) -> DaxMapping:
@@ -81,6 +83,9 @@ class DaxMapping:
             raise InvalidArgument(
                 f"offset={offset} length={length} is outside the mapping (length {self.length})"
             )
+        first, last = offset // PAGE_SIZE, (offset + length + PAGE_SIZE - 1) // PAGE_SIZE
+        if ranges.first_overlap(self._revoked, first, last):
+            raise DeviceGone(f"mapping range {offset}+{length} was truncated or punched by its owner")
 
     # -- safe accessors ---------------------------------------------------------------------
     def readinto(self, buf, offset: int) -> int:
@@ -88,7 +93,7 @@ class DaxMapping:
         if dev._words[0] != dev._gen:
             dev._sync()
         n = buf.nbytes if type(buf) is memoryview else len(buf)
-        if self._closed or self._gone or offset < 0 or offset + n > self.length:
+        if self._closed or self._gone or offset < 0 or offset + n > self.length or self._revoked:
             self._check(offset, n)
         if not _copy_mc_from(buf, self._mm, offset):
             return n
@@ -163,7 +168,8 @@ class DaxMapping:
     def _reprotect(self, dev_pages: ranges.Intervals) -> None:
         if self._closed or self._gone:
             return
-        pages: ranges.Intervals = []
+        self._dev_pages = dev_pages
+        pages: ranges.Intervals = list(self._revoked)
         for moff, doff, n in self._pieces:
             for s, e in ranges.clip(dev_pages, doff // PAGE_SIZE, (doff + n) // PAGE_SIZE):
                 base = moff // PAGE_SIZE - doff // PAGE_SIZE
@@ -176,6 +182,18 @@ class DaxMapping:
             return
         for s, e in self._to_mapping(dev_ivs):
             cb(s, e - s)
+
+    def _revoke_device_blocks(self, runs: list[tuple[int, int]]) -> None:
+        """The owner freed these device blocks (truncate, punch, unlink): their pages fault from
+        now on, as pages past EOF do after a truncate, and the safe accessors refuse them."""
+        for db, cnt in runs:
+            for moff, doff, n in self._pieces:
+                s, e = max(doff, db * PAGE_SIZE), min(doff + n, (db + cnt) * PAGE_SIZE)
+                if s < e:
+                    self._revoked = ranges.add(
+                        self._revoked, (moff + s - doff) // PAGE_SIZE, (moff + e - doff) // PAGE_SIZE
+                    )
+        self._reprotect(self._dev_pages)
 
     def _revoke(self) -> None:
         self._gone = True

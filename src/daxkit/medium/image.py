@@ -215,6 +215,25 @@ class Image:
             self.words[LIVE_GEN] = seq
             return seq, new
 
+    # -- the holder claim: one holder per device across processes ---------------------------
+    _HOLDER_BYTE = 1  # an OFD byte-range lock; flock (used for commits) does not interact with it
+
+    def claim_holder(self) -> bool:
+        """Take the cross-process holder claim; False if another open of the image has it.
+        OFD locks belong to this open, so a second open in the same process is refused too."""
+        lk = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, self._HOLDER_BYTE, 1, 0)
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, lk)
+            return True
+        except OSError as e:
+            if e.errno in (_errno.EAGAIN, _errno.EACCES):
+                return False
+            raise
+
+    def release_holder(self) -> None:
+        lk = struct.pack("hhqqi4x", fcntl.F_UNLCK, os.SEEK_SET, self._HOLDER_BYTE, 1, 0)
+        fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, lk)
+
     # -- the data area ----------------------------------------------------------------------
     def map_data(self, offset: int = 0, length: int | None = None) -> mmap.mmap:
         length = self.data_size - offset if length is None else length

@@ -1,0 +1,1 @@
+"""daxfs: a small extent-based DAX filesystem on a daxkit device (SPEC 3)."""

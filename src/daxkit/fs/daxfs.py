@@ -1,0 +1,912 @@
+"""daxfs: DaxFS and DaxFile (SPEC 3).
+
+Rules
+  * File data is reached only through the fsdax layer (``iomap_read`` / ``iomap_write``), which
+    reaches the device only through ``direct_access``, ``recovery_write`` and
+    ``zero_page_range``.  Metadata goes through the same primitives.
+  * Every metadata operation is one log record (see layout.py), committed before it returns.
+    Data blocks are written before the record that links them; freed blocks go back to the free
+    list only after the record that frees them.
+  * A read-write mount is the device's holder (one per device, across processes: EBUSY).  Its
+    ``notify_failure`` turns a device range into owners through a reverse map: file data ->
+    listeners (the FUSE adapter invalidates caches) and the mappings' own on_poison; metadata or
+    device removal -> shutdown, after which every operation raises FilesystemShutdown.
+  * In-place overwrites change no metadata; timestamps they touch are committed by fsync/close.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+import weakref
+import zlib
+
+from ..device.device import MF_MEM_PRE_REMOVE, DaxDevice
+from ..device.mapping import DaxMapping
+from ..errors import (
+    Busy,
+    DaxError,
+    FilesystemShutdown,
+    InvalidArgument,
+    MediaError,
+    NoSpace,
+)
+from ..fsdax.iomap import iomap_read, iomap_write
+from ..medium import ranges
+from ..units import PAGE_SIZE, SECTOR_SIZE
+from . import layout
+from .layout import FormatError, Geometry, Superblock
+from .meta import ROOT, Inode, Meta, check_name
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+EFSCORRUPTED = errno.EUCLEAN  # what XFS and ext4 return for corrupted metadata
+
+P = PAGE_SIZE
+
+
+class CorruptFilesystem(DaxError):
+    """The metadata on the device is damaged or unreadable (EFSCORRUPTED)."""
+
+    default_errno = EFSCORRUPTED
+
+
+def _fs_error(code: int, message: str) -> DaxError:
+    return DaxError(message, errno=code)
+
+
+# -- reading and writing metadata through the device's primitives ----------------------------------
+def _meta_read(dev: DaxDevice, offset: int, length: int) -> bytes:
+    buf = bytearray(length)
+    try:
+        got = iomap_read(dev, memoryview(buf), [(offset, length)])
+    except MediaError:
+        got = 0
+    if got < length:
+        raise CorruptFilesystem(f"metadata at device offset {offset + got} is poisoned")
+    return bytes(buf)
+
+
+def _meta_write(dev: DaxDevice, offset: int, data: bytes) -> None:
+    """Whole pages recover poison on the way (mkfs, checkpoints, superblocks); a log append over
+    known poison cannot, and fails."""
+    if iomap_write(dev, memoryview(data), [(offset, len(data))]) < len(data):
+        raise MediaError(f"metadata write at device offset {offset} met poison")
+
+
+def _pad(data: bytes) -> bytes:
+    return data + bytes(-len(data) % P)
+
+
+def _read_superblocks(dev: DaxDevice) -> tuple[list[tuple[int, Superblock]], list[str]]:
+    found, problems = [], []
+    for slot in (0, 1):
+        try:
+            raw = _meta_read(dev, slot * P, P)
+        except CorruptFilesystem as e:
+            problems.append(f"superblock copy {slot}: {e}")
+            continue
+        if raw == bytes(P):
+            continue
+        try:
+            found.append((slot, Superblock.decode(raw, dev.size)))
+        except FormatError as e:
+            problems.append(f"superblock copy {slot}: {e}")
+    return found, problems
+
+
+def mkfs(dev: DaxDevice, *, force: bool = False) -> None:
+    """Format ``dev``.  An existing daxfs is refused unless ``force``; a mounted one always is."""
+    g = Geometry.for_device(dev.size)
+    if g.nblocks < g.data_start + layout.MIN_DATA_BLOCKS:
+        raise InvalidArgument(
+            f"device of {dev.size} bytes is too small for daxfs (needs {(g.data_start + 16) * P} bytes)"
+        )
+    found, _ = _read_superblocks(dev)
+    if found and not force:
+        raise DaxError(
+            "device already holds a daxfs filesystem (use force)", errno=errno.EEXIST, path=dev.path
+        )
+    claim = _Claim()
+    dev.holder = claim  # refuse to format under a mounted filesystem (EBUSY)
+    try:
+        meta = Meta.empty()
+        raw = layout.encode_checkpoint(meta.checkpoint_doc())
+        _meta_write(dev, 0, bytes(2 * P))
+        _meta_write(dev, g.log_start * P, bytes(g.log_bytes))
+        _meta_write(dev, g.ckpt_start(0) * P, _pad(raw))
+        sb = Superblock(1, 1, 0, len(raw), zlib.crc32(raw), g, layout.new_uuid())
+        _meta_write(dev, (sb.sb_seq % 2) * P, sb.encode())
+    finally:
+        dev.holder = None
+
+
+class _Claim:
+    """A placeholder holder while mkfs runs."""
+
+    def notify_failure(self, offset: int, length: int, flags: int) -> int:
+        return 0
+
+
+class _Loaded:
+    """What a mount or fsck reads off the device."""
+
+    def __init__(self, dev: DaxDevice):
+        self.problems: list[str] = []
+        found, self.problems = _read_superblocks(dev)
+        if not found:
+            raise CorruptFilesystem(
+                "no valid daxfs superblock (not formatted, or both copies damaged)" +
+                (f": {'; '.join(self.problems)}" if self.problems else ""),
+                path=dev.path,
+            )  # fmt: skip
+        self.slot, self.sb = max(found, key=lambda s: s[1].sb_seq)
+        g = self.g = self.sb.geometry
+        raw = _meta_read(dev, g.ckpt_start(self.sb.area) * P, self.sb.ckpt_len)
+        try:
+            self.meta = Meta.from_checkpoint(layout.decode_checkpoint(raw, self.sb.ckpt_crc))
+        except FormatError as e:
+            raise CorruptFilesystem(f"checkpoint: {e}", path=dev.path) from None
+        log = _meta_read(dev, g.log_start * P, g.log_bytes)
+        records, self.tail, damage = layout.scan_log(log, self.sb.epoch)
+        self.problems += damage
+        if layout.scan_log(log, self.sb.epoch + 1)[0]:
+            self.problems.append("the log holds records of a newer epoch: the newest superblock is lost")
+        for i, muts in enumerate(records):
+            try:
+                self.meta.apply(muts)
+            except FormatError as e:
+                raise CorruptFilesystem(f"log record {i + 1}: {e}", path=dev.path) from None
+        self.seq = len(records) + 1
+        self.problems += self.meta.problems(g)
+
+
+class DaxFS:
+    """A mounted daxfs.  Use ``daxkit.mount(dev)``."""
+
+    def __init__(self, dev: DaxDevice, *, readonly: bool = False):
+        self.dev = dev
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._shutdown: str | None = None
+        self._unmounted = False
+        self._listeners: list = []
+        self._maps: dict[int, weakref.WeakSet] = {}
+        loaded = _Loaded(dev)
+        damage = [p for p in loaded.problems if not p.startswith("superblock copy")]
+        if damage:
+            raise CorruptFilesystem(
+                f"metadata damaged ({len(damage)} problems; run fsck): {damage[0]}", path=dev.path
+            )
+        self.meta, self.sb, self.geometry = loaded.meta, loaded.sb, loaded.g
+        self._tail, self._seq = loaded.tail, loaded.seq
+        g = self.geometry
+        self._free = ranges.subtract([(g.data_start, g.nblocks)], ranges.union([], self.meta.used_blocks()))
+        if not readonly:
+            try:
+                dev.holder = self
+            except Busy:
+                raise Busy(
+                    "filesystem is already mounted read-write (device has a holder)", path=dev.path
+                ) from None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def __enter__(self) -> DaxFS:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unmount()
+
+    def __repr__(self) -> str:
+        return f"<DaxFS {self.dev.path!r}{' ro' if self.readonly else ''}{' shutdown' if self._shutdown else ''}>"
+
+    def unmount(self) -> None:
+        with self._lock:
+            if self._unmounted:
+                return
+            self._unmounted = True
+            if not self.readonly and self.dev.holder is self:
+                try:
+                    self.dev.holder = None
+                except DaxError:
+                    pass
+
+    def add_failure_listener(self, callback) -> None:
+        """``callback(ino, path, file_offset, length)`` when file data is lost."""
+        self._listeners.append(callback)
+
+    def _check(self, write: bool = False) -> None:
+        if self._unmounted:
+            raise _fs_error(errno.EINVAL, "filesystem is not mounted")
+        if self._shutdown:
+            raise FilesystemShutdown(f"filesystem is shut down: {self._shutdown}", path=self.dev.path)
+        if write and self.readonly:
+            raise _fs_error(errno.EROFS, "filesystem is mounted read-only")
+
+    def _shut(self, reason: str) -> None:
+        if self._shutdown is None:
+            self._shutdown = reason
+
+    # -- committing metadata ----------------------------------------------------------------------
+    def _commit(self, muts: list) -> None:
+        """One operation: the record is in the log (or in a new checkpoint) when this returns."""
+        undo = self.meta.apply(muts)
+        try:
+            rec = layout.encode_record(self.sb.epoch, self._seq, muts)
+            if self._tail + len(rec) > self.geometry.log_bytes:
+                self._checkpoint()
+            else:
+                _meta_write(self.dev, self.geometry.log_start * P + self._tail, rec)
+                self._tail += len(rec)
+                self._seq += 1
+        except MediaError as e:
+            self.meta.undo(undo)
+            self._shut(f"metadata write failed: {e}")
+            raise FilesystemShutdown(
+                f"filesystem is shut down: {self._shutdown}", path=self.dev.path
+            ) from None
+        except BaseException:
+            self.meta.undo(undo)
+            raise
+
+    def _checkpoint(self) -> None:
+        g, sb = self.geometry, self.sb
+        raw = layout.encode_checkpoint(self.meta.checkpoint_doc())
+        if len(raw) > g.ckpt_bytes:
+            raise NoSpace(f"metadata ({len(raw)} bytes compressed) no longer fits its area ({g.ckpt_bytes})")
+        area = 1 - sb.area
+        _meta_write(self.dev, g.ckpt_start(area) * P, _pad(raw))
+        new = Superblock(sb.sb_seq + 1, sb.epoch + 1, area, len(raw), zlib.crc32(raw), g, sb.uuid)
+        _meta_write(self.dev, (new.sb_seq % 2) * P, new.encode())  # the commit point
+        self.sb, self._tail, self._seq = new, 0, 1
+
+    def sync(self) -> None:
+        """Write a checkpoint now (shortens the next mount's replay)."""
+        with self._lock:
+            self._check(write=True)
+            try:
+                self._checkpoint()
+            except MediaError as e:
+                self._shut(f"checkpoint failed: {e}")
+                raise FilesystemShutdown(f"filesystem is shut down: {self._shutdown}") from None
+
+    # -- paths ------------------------------------------------------------------------------------
+    @staticmethod
+    def _parts(path: str) -> list[str]:
+        if not isinstance(path, str):
+            raise InvalidArgument(f"path must be a str, not {type(path).__name__}")
+        return [p for p in path.split("/") if p and p != "."]
+
+    def _resolve(self, path: str) -> Inode:
+        node = self.meta.inodes[ROOT]
+        stack = [node]
+        for part in self._parts(path):
+            if part == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                node = stack[-1]
+                continue
+            if not node.is_dir:
+                raise _fs_error(errno.ENOTDIR, f"{path}: not a directory")
+            child = node.ents.get(part)
+            if child is None:
+                raise _fs_error(errno.ENOENT, f"{path}: no such file or directory")
+            node = self.meta.inodes[child]
+            stack.append(node)
+        return node
+
+    def _parent(self, path: str) -> tuple[Inode, str]:
+        parts = self._parts(path)
+        if not parts or parts[-1] == "..":
+            raise InvalidArgument(f"{path!r} does not name an entry")
+        parent = self._resolve("/".join(parts[:-1]))
+        if not parent.is_dir:
+            raise _fs_error(errno.ENOTDIR, f"{path}: parent is not a directory")
+        why = check_name(parts[-1])
+        if why:
+            raise _fs_error(errno.ENAMETOOLONG if "longer" in why else errno.EINVAL, f"{path}: {why}")
+        return parent, parts[-1]
+
+    @staticmethod
+    def _touch(node: Inode, now: float) -> list:
+        node = node.copy()
+        node.mtime = node.ctime = now
+        return ["i", node.ino, node.to_json()]
+
+    # -- namespace operations -------------------------------------------------------------------------
+    def exists(self, path: str) -> bool:
+        with self._lock:
+            self._check()
+            try:
+                self._resolve(path)
+                return True
+            except DaxError:
+                return False
+
+    def stat(self, path: str) -> os.stat_result:
+        with self._lock:
+            self._check()
+            return self._stat(self._resolve(path))
+
+    def _stat(self, node: Inode) -> os.stat_result:
+        blocks = node.blocks() * (P // 512)
+        seq = (
+            node.st_mode(),
+            node.ino,
+            0,
+            node.nlink,
+            0,
+            0,
+            node.size,
+            int(node.mtime),
+            int(node.mtime),
+            int(node.ctime),
+        )
+        extra = {
+            "st_atime": node.mtime,
+            "st_mtime": node.mtime,
+            "st_ctime": node.ctime,
+            "st_blocks": blocks,
+            "st_blksize": P,
+        }
+        return os.stat_result(seq, extra)
+
+    def listdir(self, path: str = "/") -> list[str]:
+        with self._lock:
+            self._check()
+            node = self._resolve(path)
+            if not node.is_dir:
+                raise _fs_error(errno.ENOTDIR, f"{path}: not a directory")
+            return sorted(node.ents)
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        with self._lock:
+            self._check(write=True)
+            parent, name = self._parent(path)
+            if name in parent.ents:
+                raise _fs_error(errno.EEXIST, f"{path}: exists")
+            ino, now = self.meta.next_ino, time.time()
+            node = Inode(ino, "d", mode, now)
+            p2 = parent.copy()
+            p2.nlink += 1
+            p2.mtime = p2.ctime = now
+            self._commit(
+                [
+                    ["n", ino + 1],
+                    ["i", ino, node.to_json()],
+                    ["d", parent.ino, name, ino],
+                    ["i", p2.ino, p2.to_json()],
+                ]
+            )
+
+    def rmdir(self, path: str) -> None:
+        with self._lock:
+            self._check(write=True)
+            parent, name = self._parent(path)
+            ino = parent.ents.get(name)
+            if ino is None:
+                raise _fs_error(errno.ENOENT, f"{path}: no such directory")
+            node = self.meta.inodes[ino]
+            if not node.is_dir:
+                raise _fs_error(errno.ENOTDIR, f"{path}: not a directory")
+            if node.ents:
+                raise _fs_error(errno.ENOTEMPTY, f"{path}: directory not empty")
+            p2 = parent.copy()
+            p2.nlink -= 1
+            p2.mtime = p2.ctime = time.time()
+            self._commit([["d", parent.ino, name, None], ["i", ino, None], ["i", p2.ino, p2.to_json()]])
+
+    def unlink(self, path: str) -> None:
+        with self._lock:
+            self._check(write=True)
+            parent, name = self._parent(path)
+            ino = parent.ents.get(name)
+            if ino is None:
+                raise _fs_error(errno.ENOENT, f"{path}: no such file")
+            node = self.meta.inodes[ino]
+            if node.is_dir:
+                raise _fs_error(errno.EISDIR, f"{path}: is a directory")
+            freed = [(db, cnt) for _, db, cnt in node.ext]
+            self._commit([["d", parent.ino, name, None], ["i", ino, None], self._touch(parent, time.time())])
+            self._release(ino, freed)
+
+    def rename(self, src: str, dst: str) -> None:
+        with self._lock:
+            self._check(write=True)
+            sp, sname = self._parent(src)
+            dp, dname = self._parent(dst)
+            ino = sp.ents.get(sname)
+            if ino is None:
+                raise _fs_error(errno.ENOENT, f"{src}: no such file or directory")
+            node = self.meta.inodes[ino]
+            if node.is_dir:  # no directory may move under itself
+                paths = self.meta.paths()
+                if dp.ino == ino or paths.get(dp.ino, "/").startswith(paths[ino].rstrip("/") + "/"):
+                    raise InvalidArgument(f"cannot move {src} under itself ({dst})")
+            if sp.ino == dp.ino and sname == dname:
+                return
+            now = time.time()
+            muts: list = [["d", sp.ino, sname, None], ["d", dp.ino, dname, ino]]
+            freed: list = []
+            old = dp.ents.get(dname)
+            if old is not None:
+                onode = self.meta.inodes[old]
+                if onode.is_dir != node.is_dir:
+                    code = errno.EISDIR if onode.is_dir else errno.ENOTDIR
+                    raise _fs_error(
+                        code, f"{dst}: cannot replace {'a directory' if onode.is_dir else 'a file'}"
+                    )
+                if onode.is_dir and onode.ents:
+                    raise _fs_error(errno.ENOTEMPTY, f"{dst}: directory not empty")
+                muts.append(["i", old, None])
+                freed = [(db, cnt) for _, db, cnt in onode.ext]
+            sp2 = sp.copy()
+            sp2.mtime = sp2.ctime = now
+            if dp.ino == sp.ino:
+                if old is not None and node.is_dir:
+                    sp2.nlink -= 1
+                muts.append(["i", sp2.ino, sp2.to_json()])
+            else:
+                dp2 = dp.copy()
+                dp2.mtime = dp2.ctime = now
+                if node.is_dir:
+                    sp2.nlink -= 1
+                    if old is None:
+                        dp2.nlink += 1
+                muts += [["i", sp2.ino, sp2.to_json()], ["i", dp2.ino, dp2.to_json()]]
+            self._commit(muts)
+            if old is not None:
+                self._release(old, freed)
+
+    # -- files -------------------------------------------------------------------------------------
+    def open(self, path: str, mode: str = "r") -> DaxFile:
+        flags = {"r": (1, 0, 0, 0), "r+": (1, 1, 0, 0), "w": (0, 1, 1, 1), "w+": (1, 1, 1, 1),
+                 "a": (0, 1, 1, 0), "a+": (1, 1, 1, 0), "x": (0, 1, 1, 2), "x+": (1, 1, 1, 2)}  # fmt: skip
+        key = mode.replace("b", "")
+        if key not in flags:
+            raise InvalidArgument(f"unknown open mode {mode!r}")
+        readable, writable, create, trunc = flags[key]
+        with self._lock:
+            self._check(write=bool(writable))
+            try:
+                node = self._resolve(path)
+                if trunc == 2:
+                    raise _fs_error(errno.EEXIST, f"{path}: exists")
+                if node.is_dir:
+                    raise _fs_error(errno.EISDIR, f"{path}: is a directory")
+                if trunc == 1 and (node.size or node.ext):
+                    self._truncate(node.ino, 0)
+            except DaxError as e:
+                if e.errno != errno.ENOENT or not create:
+                    raise
+                node = self._create(path)
+            return DaxFile(self, node.ino, path, bool(readable), bool(writable), key.startswith("a"))
+
+    def _create(self, path: str, mode: int = 0o644) -> Inode:
+        parent, name = self._parent(path)
+        if name in parent.ents:
+            raise _fs_error(errno.EEXIST, f"{path}: exists")
+        ino, now = self.meta.next_ino, time.time()
+        node = Inode(ino, "f", mode, now)
+        self._commit(
+            [
+                ["n", ino + 1],
+                ["i", ino, node.to_json()],
+                ["d", parent.ino, name, ino],
+                self._touch(parent, now),
+            ]
+        )
+        return self.meta.inodes[ino]
+
+    def _inode(self, ino: int) -> Inode:
+        node = self.meta.inodes.get(ino)
+        if node is None:
+            raise _fs_error(errno.ESTALE, f"inode {ino} no longer exists")
+        return node
+
+    # -- blocks -------------------------------------------------------------------------------------
+    def _alloc(self, count: int, hint: int) -> list[tuple[int, int]]:
+        """Take ``count`` free blocks, first fit from ``hint``; all or nothing (ENOSPC)."""
+        if ranges.total(self._free) < count:
+            raise NoSpace(f"no space left: {count} blocks wanted, {ranges.total(self._free)} free")
+        order = [iv for iv in self._free if iv[1] > hint] + [iv for iv in self._free if iv[1] <= hint]
+        got, need = [], count
+        for s, e in order:
+            s = max(s, hint) if s < hint < e else s
+            take = min(need, e - s)
+            got.append((s, take))
+            need -= take
+            if not need:
+                break
+        if need:  # the hint split an interval; take the rest from its front
+            for s, e in self._free:
+                for gs, gc in got:
+                    if gs <= s < gs + gc:
+                        s = gs + gc
+                if s < e:
+                    take = min(need, e - s)
+                    got.append((s, take))
+                    need -= take
+                if not need:
+                    break
+        for s, c in got:
+            self._free = ranges.remove(self._free, s, s + c)
+        return got
+
+    def _unalloc(self, runs) -> None:
+        for s, c in runs:
+            self._free = ranges.add(self._free, s, s + c)
+
+    def _release(self, ino: int, runs) -> None:
+        """After the record that freed them: revoke mappings, clear known poison, free."""
+        for m in list(self._maps.get(ino, ())):
+            m._revoke_device_blocks(runs)
+        for db, cnt in runs:
+            for off, n in self.dev.known_errors(db * P, cnt * P):
+                first, last = off // P, (off + n + P - 1) // P
+                for pg in range(first, last):
+                    try:
+                        self.dev.zero_page_range(pg, 1)  # zeroed and cleared before reuse
+                    except DaxError:
+                        pass
+        self._unalloc(runs)
+
+    # -- file data (called by DaxFile with the lock held) ----------------------------------------------
+    def _read(self, ino: int, n: int, off: int) -> bytes:
+        node = self._inode(ino)
+        if off >= node.size or n <= 0:
+            return b""
+        n = min(n, node.size - off)
+        buf = bytearray(n)
+        got = iomap_read(self.dev, memoryview(buf), node.segments(off, n))
+        return bytes(buf) if got == n else bytes(buf[:got])
+
+    def _write(self, ino: int, data: memoryview, off: int) -> int:
+        node = self._inode(ino)
+        n = data.nbytes
+        if n == 0:
+            return 0
+        if off + n > self.dev.size * 64:
+            raise _fs_error(errno.EFBIG, f"write past {self.dev.size * 64} bytes")
+        first, last = off // P, (off + n + P - 1) // P
+        holes = node.holes(first, last)
+        if not holes:  # the fast path: an overwrite in place, no metadata unless the size grows
+            done = iomap_write(self.dev, data, node.segments(off, n))
+            node.mtime = time.time()
+            if off + done > node.size:
+                self._set_size(node, off + done)
+            return done
+        return self._write_allocating(node, data, off, holes)
+
+    def _write_allocating(self, node: Inode, data: memoryview, off: int, holes) -> int:
+        n = data.nbytes
+        hint = node.ext[-1][1] + node.ext[-1][2] if node.ext else self.geometry.data_start
+        new_ext: list[list[int]] = []
+        try:
+            for fb, cnt in holes:
+                for db, c in self._alloc(cnt, hint):
+                    new_ext.append([fb, db, c])
+                    fb, hint = fb + c, db + c
+        except NoSpace:
+            self._unalloc([(db, c) for _, db, c in new_ext])
+            raise
+        # New blocks are written whole (zeroes around the data) before anything links them.
+        done_ext = []
+        for fb, db, c in new_ext:
+            page = bytearray(c * P)
+            s, e = max(off, fb * P), min(off + n, (fb + c) * P)
+            if s < e:
+                page[s - fb * P : e - fb * P] = data[s - off : e - off]
+            if iomap_write(self.dev, memoryview(page), [(db * P, c * P)]) < c * P:
+                break
+            done_ext.append([fb, db, c])
+        self._unalloc([(db, c) for fb, db, c in new_ext if [fb, db, c] not in done_ext])
+        # Then the old blocks, in place, in file order; new ones already hold their bytes.
+        tmp = node.copy()
+        tmp.set_extents(tmp.ext + done_ext)
+        written = 0
+        for dev_off, length in tmp.segments(off, n):
+            if dev_off is None:
+                break
+            fblk = (off + written) // P
+            if any(fb <= fblk < fb + c for fb, _, c in done_ext):
+                got = length
+            else:
+                got = iomap_write(self.dev, data[written : written + length], [(dev_off, length)])
+            written += got
+            if got < length:
+                break
+        now = time.time()
+        tmp.mtime = tmp.ctime = now
+        tmp.size = max(tmp.size, off + written)
+        try:
+            self._commit([["i", tmp.ino, tmp.to_json()]])
+        except BaseException:
+            self._unalloc([(db, c) for _, db, c in done_ext])
+            raise
+        if written == 0 and n:
+            raise MediaError("write met poison: nothing written", errno=errno.EFAULT)
+        return written
+
+    def _set_size(self, node: Inode, size: int) -> None:
+        tmp = node.copy()
+        tmp.size = size
+        tmp.mtime = tmp.ctime = time.time()
+        self._commit([["i", tmp.ino, tmp.to_json()]])
+
+    def _truncate(self, ino: int, size: int) -> None:
+        if size < 0:
+            raise InvalidArgument(f"negative size {size}")
+        node = self._inode(ino)
+        tmp = node.copy()
+        freed = tmp.cut((size + P - 1) // P, 1 << 62) if size < node.size or node.ext else []
+        if size % P and size < node.size:  # zero the tail of the last block: a later extension reads zeroes
+            tail = tmp.segments(size, P - size % P)
+            if tail and tail[0][0] is not None:
+                try:
+                    iomap_write(self.dev, memoryview(bytes(tail[0][1])), tail)
+                except MediaError:
+                    pass  # a poisoned tail stays reported bad; it is never read as data
+        tmp.size = size
+        tmp.mtime = tmp.ctime = time.time()
+        self._commit([["i", ino, tmp.to_json()]])
+        self._release(ino, freed)
+
+    def _fallocate(self, ino: int, mode: int, off: int, length: int) -> None:
+        if off < 0 or length <= 0:
+            raise InvalidArgument(f"fallocate: offset={off} length={length}")
+        known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+        if mode & ~known or (mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE):
+            raise _fs_error(errno.EOPNOTSUPP, f"fallocate mode {mode:#x} is not supported")
+        node = self._inode(ino)
+        end = off + length
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            self._zero_partial(node, off, end)
+            tmp = node.copy()
+            freed = tmp.cut((off + P - 1) // P, end // P)
+            if freed:
+                tmp.mtime = tmp.ctime = time.time()
+                self._commit([["i", ino, tmp.to_json()]])
+                self._release(ino, freed)
+            return
+        if mode & FALLOC_FL_ZERO_RANGE:
+            self._zero_partial(node, off, end)
+            for dev_off, n in node.segments(
+                (off + P - 1) // P * P, max(0, end // P * P - (off + P - 1) // P * P)
+            ):
+                if dev_off is not None:
+                    for pg in range(dev_off // P, (dev_off + n) // P):
+                        self.dev.zero_page_range(pg, 1)  # whole pages: zeroed and cleared
+        holes = node.holes(off // P, (end + P - 1) // P)
+        if holes:
+            zeros = memoryview(bytes(0))
+            self._write_allocating(node, zeros, off, holes)
+            node = self._inode(ino)
+        if not mode & FALLOC_FL_KEEP_SIZE and end > node.size:
+            self._set_size(node, end)
+
+    def _zero_partial(self, node: Inode, off: int, end: int) -> None:
+        """Zero the bytes of [off, end) that do not fill whole pages."""
+        head_end = min(end, (off + P - 1) // P * P)
+        tail_start = max(head_end, end // P * P)
+        for s, e in ((off, head_end), (tail_start, end)):
+            if s < e:
+                segs = [(d, n) for d, n in node.segments(s, e - s) if d is not None]
+                if segs:
+                    iomap_write(self.dev, memoryview(bytes(sum(n for _, n in segs))), segs)
+
+    # -- mmap, errors, owners ----------------------------------------------------------------------
+    def _mmap(self, ino: int, offset: int, length: int | None) -> DaxMapping:
+        node = self._inode(ino)
+        if offset % P:
+            raise InvalidArgument(f"mmap offset {offset} is not a multiple of {P}")
+        if length is None:
+            length = max(0, node.size - offset)
+        if length <= 0:
+            raise InvalidArgument("mmap of an empty range")
+        length = (length + P - 1) // P * P
+        holes = node.holes(offset // P, (offset + length) // P)
+        if holes:
+            if self.readonly:
+                raise _fs_error(errno.EROFS, "mmap would allocate blocks on a read-only mount")
+            self._write_allocating(node, memoryview(b""), offset, holes)
+            node = self._inode(ino)
+        pieces, pos = [], 0
+        for dev_off, n in node.segments(offset, length):
+            pieces.append((pos, dev_off, n))
+            pos += n
+        m = DaxMapping(self.dev, pieces)
+        self._maps.setdefault(ino, weakref.WeakSet()).add(m)
+        return m
+
+    def _file_errors(self, node: Inode) -> list[tuple[int, int]]:
+        out: ranges.Intervals = []
+        for fb, db, cnt in node.ext:
+            for s, n in self.dev.known_errors(db * P, cnt * P):
+                fs = fb * P + s - db * P
+                out = ranges.add(out, fs, fs + n)
+        return [(s, e - s) for s, e in out]
+
+    def _owners(self, offset: int, length: int) -> list[dict]:
+        """The reverse map: who owns device bytes [offset, offset+length)."""
+        g, end = self.geometry, offset + length
+        out = []
+        meta_end = g.data_start * P
+        if offset < meta_end:
+            out.append({"offset": offset, "length": min(end, meta_end) - offset, "owner": "metadata"})
+        paths = self.meta.paths()
+        for ino, node in self.meta.inodes.items():
+            for fb, db, cnt in node.ext:
+                s, e = max(offset, db * P), min(end, (db + cnt) * P)
+                if s < e:
+                    out.append({"offset": s, "length": e - s, "owner": "file", "ino": ino, "path": paths.get(ino),
+                                "file_offset": fb * P + s - db * P, "file_length": e - s})  # fmt: skip
+        covered = ranges.union([], [(o["offset"], o["offset"] + o["length"]) for o in out])
+        for s, e in ranges.subtract([(offset, end)], covered):
+            out.append({"offset": s, "length": e - s, "owner": "free"})
+        return sorted(out, key=lambda o: o["offset"])
+
+    def scan(self) -> list[dict]:
+        """Every known media error, mapped to its owner (file and file range, metadata, free)."""
+        with self._lock:
+            self._check()
+            return [o for off, n in self.dev.known_errors() for o in self._owners(off, n)]
+
+    def bmap(self, path: str) -> list[dict]:
+        with self._lock:
+            self._check()
+            node = self._resolve(path)
+            return [
+                {"offset": fb * P, "length": cnt * P, "sector": db * P // SECTOR_SIZE}
+                for fb, db, cnt in node.ext
+            ]
+
+    # -- the holder ---------------------------------------------------------------------------------
+    def notify_failure(self, offset: int, length: int, flags: int) -> int:
+        """The device tells us [offset, offset+length) failed (xfs_dax_notify_failure)."""
+        with self._lock:
+            return self._notify_failure(offset, length, flags)
+
+    def _notify_failure(self, offset: int, length: int, flags: int) -> int:
+        if flags & MF_MEM_PRE_REMOVE:
+            self._shut("the device is being removed")
+            for maps in self._maps.values():
+                for m in list(maps):
+                    m._revoke()
+            return 0
+        owners = self._owners(offset, length)
+        if any(o["owner"] == "metadata" for o in owners):
+            self._shut(f"metadata lost at device offset {offset} (+{length})")
+            return -EFSCORRUPTED
+        for o in owners:
+            if o["owner"] == "file":
+                for cb in list(self._listeners):
+                    cb(o["ino"], o["path"], o["file_offset"], o["file_length"])
+        return 0
+
+
+class DaxFile:
+    """An open file of a DaxFS."""
+
+    def __init__(self, fs: DaxFS, ino: int, path: str, readable: bool, writable: bool, append: bool):
+        self._fs, self.ino, self.name = fs, ino, path
+        self.readable, self.writable, self.append = readable, writable, append
+        self._pos = 0
+        self._dirty = False
+        self.closed = False
+
+    def __enter__(self) -> DaxFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<DaxFile {self.name!r} ino={self.ino}{' closed' if self.closed else ''}>"
+
+    def _ready(self, write: bool = False, read: bool = False) -> None:
+        if self.closed:
+            raise InvalidArgument("I/O on a closed file")
+        self._fs._check(write=write)
+        if write and not self.writable:
+            raise _fs_error(errno.EBADF, f"{self.name}: not open for writing")
+        if read and not self.readable:
+            raise _fs_error(errno.EBADF, f"{self.name}: not open for reading")
+
+    def pread(self, n: int, off: int, flags: int = 0) -> bytes:
+        if flags:
+            raise InvalidArgument(f"unsupported pread flags {flags:#x}")
+        if n < 0 or off < 0:
+            raise InvalidArgument(f"pread: n={n} offset={off}")
+        fs = self._fs
+        with fs._lock:
+            self._ready(read=True)
+            return fs._read(self.ino, n, off)
+
+    def pwrite(self, data, off: int) -> int:
+        if off < 0:
+            raise InvalidArgument(f"pwrite: negative offset {off}")
+        mv = memoryview(data).cast("B")
+        fs = self._fs
+        with fs._lock:
+            self._ready(write=True)
+            if self.append:
+                off = fs._inode(self.ino).size
+            self._dirty = True
+            return fs._write(self.ino, mv, off)
+
+    def read(self, n: int = -1) -> bytes:
+        with self._fs._lock:
+            if n < 0:
+                n = max(0, self._fs._inode(self.ino).size - self._pos)
+            data = self.pread(n, self._pos)
+            self._pos += len(data)
+            return data
+
+    def write(self, data) -> int:
+        with self._fs._lock:
+            n = self.pwrite(data, self._pos)
+            self._pos = self._fs._inode(self.ino).size if self.append else self._pos + n
+            return n
+
+    def seek(self, off: int, whence: int = 0) -> int:
+        with self._fs._lock:
+            base = {0: 0, 1: self._pos, 2: self._fs._inode(self.ino).size}.get(whence)
+            if base is None or base + off < 0:
+                raise InvalidArgument(f"seek: offset={off} whence={whence}")
+            self._pos = base + off
+            return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        with self._fs._lock:
+            self._ready(write=True)
+            size = self._pos if size is None else size
+            self._fs._truncate(self.ino, size)
+            return size
+
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        with self._fs._lock:
+            self._ready(write=True)
+            self._fs._fallocate(self.ino, mode, offset, length)
+
+    def fsync(self) -> None:
+        """Metadata is committed by every operation; what is left is the timestamps of in-place
+        writes.  Data stored to DAX memory needs no flush here (the emulator is the page cache)."""
+        with self._fs._lock:
+            self._ready()
+            if self._dirty:
+                node = self._fs._inode(self.ino)
+                self._fs._commit([["i", node.ino, node.to_json()]])
+                self._dirty = False
+
+    def stat(self) -> os.stat_result:
+        with self._fs._lock:
+            self._ready()
+            return self._fs._stat(self._fs._inode(self.ino))
+
+    def mmap(self, offset: int = 0, length: int | None = None) -> DaxMapping:
+        with self._fs._lock:
+            self._ready()
+            return self._fs._mmap(self.ino, offset, length)
+
+    def bad_ranges(self) -> list[tuple[int, int]]:
+        with self._fs._lock:
+            self._ready()
+            return self._fs._file_errors(self._fs._inode(self.ino))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._dirty and not self._fs._shutdown and not self._fs._unmounted:
+                with self._fs._lock:
+                    if self.ino in self._fs.meta.inodes:
+                        self.fsync()
+        finally:
+            self.closed = True

@@ -1,0 +1,188 @@
+"""daxfs on-device format: where metadata lives and how each piece is checksummed.
+
+Layout (in 4 KiB blocks of the device)
+    0, 1            superblock copies A and B; the valid one with the higher ``sb_seq`` wins
+    2 .. 2+L        the metadata log: records appended in order, each with its own CRC
+    next C blocks   checkpoint area 0 \\ a checkpoint is a compressed snapshot of all metadata;
+    next C blocks   checkpoint area 1 / the superblock names the live one and its CRC
+    the rest        data blocks
+
+Why a log plus checkpoints (the crash-consistency design)
+    Every metadata operation is one log record (a list of mutations) appended after the live
+    records.  The record is committed when its bytes and CRC are in place: a process killed
+    mid-append leaves a record whose CRC fails, and replay stops there, so the operation either
+    happened whole or not at all.  When the log is full, the current state is written as a
+    checkpoint into the *other* area and a superblock with ``epoch + 1`` is written into the
+    *other* superblock slot: that single block write is the commit point, and records of older
+    epochs are ignored from then on.  Data blocks are written before the record that links them,
+    so a crash never exposes another file's old bytes.
+    A bad CRC followed by a later valid record of the same epoch is damage, not a torn tail: the
+    mount refuses and fsck reports it, instead of silently dropping committed operations.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid as _uuid
+import zlib
+from dataclasses import dataclass
+
+from ..units import PAGE_SIZE
+
+SB_MAGIC = b"DAXFS\x00\x00\x01"
+VERSION = 1
+_SB = struct.Struct("<8sIQQIIIQII16s")  # magic ver sb_seq epoch area ck_len ck_crc nblocks L C uuid
+_SB_CRC_AT = 256
+REC_MAGIC = 0xDAF5_1060
+_REC = struct.Struct("<IIQQI")  # magic, length, epoch, seq, crc32(epoch, seq, payload)
+REC_ALIGN = 8
+MIN_DATA_BLOCKS = 16
+
+
+class FormatError(ValueError):
+    """A structure failed its checks (magic, CRC, bounds)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    nblocks: int
+    log_blocks: int
+    ckpt_blocks: int
+
+    @classmethod
+    def for_device(cls, size: int) -> Geometry:
+        nblocks = size // PAGE_SIZE
+        part = max(16, min(4096, nblocks // 64))
+        return cls(nblocks, part, part)
+
+    @property
+    def log_start(self) -> int:
+        return 2
+
+    def ckpt_start(self, area: int) -> int:
+        return 2 + self.log_blocks + area * self.ckpt_blocks
+
+    @property
+    def data_start(self) -> int:
+        return 2 + self.log_blocks + 2 * self.ckpt_blocks
+
+    @property
+    def log_bytes(self) -> int:
+        return self.log_blocks * PAGE_SIZE
+
+    @property
+    def ckpt_bytes(self) -> int:
+        return self.ckpt_blocks * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Superblock:
+    sb_seq: int
+    epoch: int
+    area: int
+    ckpt_len: int
+    ckpt_crc: int
+    geometry: Geometry
+    uuid: bytes
+
+    def encode(self) -> bytes:
+        g = self.geometry
+        body = _SB.pack(
+            SB_MAGIC, VERSION, self.sb_seq, self.epoch, self.area, self.ckpt_len, self.ckpt_crc,
+            g.nblocks, g.log_blocks, g.ckpt_blocks, self.uuid,
+        )  # fmt: skip
+        block = bytearray(PAGE_SIZE)
+        block[: len(body)] = body
+        struct.pack_into("<I", block, _SB_CRC_AT, zlib.crc32(bytes(block[:_SB_CRC_AT])))
+        return bytes(block)
+
+    @classmethod
+    def decode(cls, block: bytes, device_size: int) -> Superblock:
+        if len(block) < PAGE_SIZE or block[:8] != SB_MAGIC:
+            raise FormatError("no daxfs superblock magic")
+        (crc,) = struct.unpack_from("<I", block, _SB_CRC_AT)
+        if zlib.crc32(block[:_SB_CRC_AT]) != crc:
+            raise FormatError("superblock checksum mismatch")
+        _, ver, sb_seq, epoch, area, ck_len, ck_crc, nblocks, lb, cb, uid = _SB.unpack_from(block)
+        if ver != VERSION:
+            raise FormatError(f"unsupported daxfs version {ver}")
+        g = Geometry(nblocks, lb, cb)
+        if g != Geometry.for_device(device_size) or area not in (0, 1) or ck_len > g.ckpt_bytes:
+            raise FormatError("superblock geometry does not match the device")
+        return cls(sb_seq, epoch, area, ck_len, ck_crc, g, uid)
+
+
+def new_uuid() -> bytes:
+    return _uuid.uuid4().bytes
+
+
+def encode_checkpoint(doc: dict) -> bytes:
+    return zlib.compress(json.dumps(doc, separators=(",", ":"), sort_keys=True).encode(), 1)
+
+
+def decode_checkpoint(raw: bytes, crc: int) -> dict:
+    if zlib.crc32(raw) != crc:
+        raise FormatError("checkpoint checksum mismatch")
+    try:
+        doc = json.loads(zlib.decompress(raw))
+    except (zlib.error, ValueError) as e:
+        raise FormatError(f"checkpoint does not decode: {e}") from None
+    if not isinstance(doc, dict):
+        raise FormatError("checkpoint is not an object")
+    return doc
+
+
+def encode_record(epoch: int, seq: int, mutations: list) -> bytes:
+    payload = json.dumps(mutations, separators=(",", ":")).encode()
+    crc = zlib.crc32(struct.pack("<QQ", epoch, seq) + payload)
+    rec = _REC.pack(REC_MAGIC, len(payload), epoch, seq, crc) + payload
+    return rec + bytes(-len(rec) % REC_ALIGN)
+
+
+def decode_record_at(log: bytes, pos: int) -> tuple[int, int, list, int] | None:
+    """(epoch, seq, mutations, next position) of a valid record at ``pos``, or None."""
+    if pos + _REC.size > len(log):
+        return None
+    magic, length, epoch, seq, crc = _REC.unpack_from(log, pos)
+    end = pos + _REC.size + length
+    if magic != REC_MAGIC or end > len(log):
+        return None
+    payload = bytes(log[pos + _REC.size : end])
+    if zlib.crc32(struct.pack("<QQ", epoch, seq) + payload) != crc:
+        return None
+    try:
+        muts = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(muts, list):
+        return None
+    return epoch, seq, muts, end + (-end % REC_ALIGN)
+
+
+def scan_log(log: bytes, epoch: int) -> tuple[list[list], int, list[str]]:
+    """Replay order: the records of ``epoch`` from the start of the log, consecutive in seq.
+    Returns (mutation lists, tail position, problems); a problem is a valid record of this epoch
+    found after the first invalid one (damage rather than a torn tail)."""
+    out: list[list] = []
+    pos, expect = 0, 1
+    while True:
+        got = decode_record_at(log, pos)
+        if got is None or got[0] != epoch or got[1] != expect:
+            break
+        out.append(got[2])
+        pos, expect = got[3], expect + 1
+    problems = []
+    magic = struct.pack("<I", REC_MAGIC)
+    probe = log.find(magic, pos + 1)
+    while probe >= 0:
+        if probe % REC_ALIGN == 0:
+            later = decode_record_at(log, probe)
+            if later is not None and later[0] == epoch and later[1] >= expect:
+                problems.append(
+                    f"metadata log damaged at byte {pos}: record {later[1]} of epoch {epoch} "
+                    f"follows an unreadable record {expect}"
+                )
+                break
+        probe = log.find(magic, probe + 1)
+    return out, pos, problems

@@ -1,0 +1,343 @@
+"""daxfs metadata in memory: inodes, directories, extents, and the mutations that change them.
+
+Rules
+  * All metadata changes are mutations, grouped into one log record per operation:
+        ["i", ino, inode-json or None]       set or delete an inode (directory entries excluded)
+        ["d", parent, name, child or None]   set or delete a directory entry
+        ["n", next_ino]                      the next inode number
+    ``apply`` returns the inverse mutations, so an operation that cannot commit is undone.
+  * Nothing read from the device is trusted: decoding checks types and bounds and raises
+    FormatError; ``problems`` checks the whole structure (reachability, cycles, link counts,
+    extents inside the data area, no block owned twice) for mount and fsck.
+"""
+
+from __future__ import annotations
+
+import stat as _stat
+import time
+from bisect import bisect_right
+
+from ..units import PAGE_SIZE
+from .layout import FormatError, Geometry
+
+ROOT = 1
+NAME_MAX = 255
+
+
+def check_name(name: str) -> str | None:
+    """Why ``name`` cannot be a directory entry, or None."""
+    if not isinstance(name, str) or not name:
+        return "empty name"
+    if name in (".", ".."):
+        return f"reserved name {name!r}"
+    if "/" in name or "\0" in name:
+        return f"name {name!r} contains '/' or NUL"
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        return f"name longer than {NAME_MAX} bytes"
+    return None
+
+
+def _int(v, what: str, lo: int = 0) -> int:
+    if type(v) is not int or v < lo:
+        raise FormatError(f"bad {what}: {v!r}")
+    return v
+
+
+class Inode:
+    __slots__ = ("ino", "kind", "size", "mode", "mtime", "ctime", "nlink", "ext", "ents", "_starts")
+
+    def __init__(self, ino: int, kind: str, mode: int, now: float | None = None):
+        t = time.time() if now is None else now
+        self.ino, self.kind, self.size, self.mode = ino, kind, 0, mode
+        self.mtime = self.ctime = t
+        self.nlink = 2 if kind == "d" else 1
+        self.ext: list[list[int]] = []  # [file block, device block, count], sorted by file block
+        self.ents: dict[str, int] | None = {} if kind == "d" else None
+        self._starts: list[int] | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "d"
+
+    def st_mode(self) -> int:
+        return (_stat.S_IFDIR if self.is_dir else _stat.S_IFREG) | (self.mode & 0o7777)
+
+    # -- JSON ---------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        d = {
+            "k": self.kind,
+            "s": self.size,
+            "m": self.mode,
+            "t": self.mtime,
+            "c": self.ctime,
+            "l": self.nlink,
+        }
+        if self.ext:
+            d["e"] = self.ext
+        return d
+
+    @classmethod
+    def from_json(cls, ino: int, d) -> Inode:
+        if not isinstance(d, dict) or d.get("k") not in ("d", "f"):
+            raise FormatError(f"inode {ino}: not an inode")
+        node = cls(ino, d["k"], _int(d.get("m"), f"inode {ino} mode"), 0.0)
+        node.size = _int(d.get("s"), f"inode {ino} size")
+        node.nlink = _int(d.get("l"), f"inode {ino} link count")
+        for key in ("t", "c"):
+            if not isinstance(d.get(key), (int, float)):
+                raise FormatError(f"inode {ino}: bad time")
+        node.mtime, node.ctime = float(d["t"]), float(d["c"])
+        ext = d.get("e", [])
+        if not isinstance(ext, list) or (ext and node.is_dir):
+            raise FormatError(f"inode {ino}: bad extent list")
+        for e in ext:
+            if not isinstance(e, list) or len(e) != 3:
+                raise FormatError(f"inode {ino}: bad extent {e!r}")
+            _int(e[0], "extent file block")
+            _int(e[1], "extent device block")
+            _int(e[2], "extent length", 1)
+        node.ext = [list(e) for e in ext]
+        return node
+
+    def copy(self) -> Inode:
+        other = Inode.from_json(self.ino, self.to_json())
+        other.ents = None if self.ents is None else dict(self.ents)
+        return other
+
+    # -- extents ------------------------------------------------------------------------------
+    def starts(self) -> list[int]:
+        if self._starts is None:
+            self._starts = [e[0] for e in self.ext]
+        return self._starts
+
+    def segments(self, off: int, n: int) -> list[tuple[int | None, int]]:
+        """(device byte offset or None for a hole, length) covering [off, off+n) in order."""
+        out: list[tuple[int | None, int]] = []
+        ext = self.ext
+        pos, end = off, off + n
+        i = max(bisect_right(self.starts(), off // PAGE_SIZE) - 1, 0)
+        while pos < end:
+            while i < len(ext) and (ext[i][0] + ext[i][2]) * PAGE_SIZE <= pos:
+                i += 1
+            if i < len(ext) and ext[i][0] * PAGE_SIZE <= pos:
+                fstart = ext[i][0] * PAGE_SIZE
+                stop = min(end, fstart + ext[i][2] * PAGE_SIZE)
+                out.append((ext[i][1] * PAGE_SIZE + pos - fstart, stop - pos))
+            else:
+                stop = min(end, ext[i][0] * PAGE_SIZE) if i < len(ext) else end
+                out.append((None, stop - pos))
+            pos = stop
+        return out
+
+    def holes(self, first: int, last: int) -> list[tuple[int, int]]:
+        """Unmapped file-block runs (start, count) inside [first, last)."""
+        out, pos = [], first
+        for fb, _, cnt in self.ext:
+            if fb + cnt <= pos:
+                continue
+            if fb >= last:
+                break
+            if fb > pos:
+                out.append((pos, fb - pos))
+            pos = max(pos, fb + cnt)
+        if pos < last:
+            out.append((pos, last - pos))
+        return out
+
+    def set_extents(self, ext: list[list[int]]) -> None:
+        """Sorted, with neighbours that continue each other on the device merged."""
+        merged: list[list[int]] = []
+        for fb, db, cnt in sorted(ext):
+            if merged and merged[-1][0] + merged[-1][2] == fb and merged[-1][1] + merged[-1][2] == db:
+                merged[-1][2] += cnt
+            else:
+                merged.append([fb, db, cnt])
+        self.ext = merged
+        self._starts = None
+
+    def cut(self, first: int, last: int) -> list[tuple[int, int]]:
+        """Unmap file blocks [first, last); returns the freed device runs (block, count)."""
+        keep, freed = [], []
+        for fb, db, cnt in self.ext:
+            s, e = max(fb, first), min(fb + cnt, last)
+            if s >= e:
+                keep.append([fb, db, cnt])
+                continue
+            if fb < s:
+                keep.append([fb, db, s - fb])
+            freed.append((db + s - fb, e - s))
+            if e < fb + cnt:
+                keep.append([e, db + e - fb, fb + cnt - e])
+        self.set_extents(keep)
+        return freed
+
+    def blocks(self) -> int:
+        return sum(e[2] for e in self.ext)
+
+
+class Meta:
+    """The whole metadata of one filesystem, in memory."""
+
+    def __init__(self) -> None:
+        self.inodes: dict[int, Inode] = {}
+        self.next_ino = ROOT + 1
+
+    @classmethod
+    def empty(cls) -> Meta:
+        m = cls()
+        m.inodes[ROOT] = Inode(ROOT, "d", 0o755)
+        return m
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_doc(self) -> dict:
+        inodes = {}
+        for ino, node in self.inodes.items():
+            d = node.to_json()
+            if node.is_dir:
+                d["ents"] = node.ents
+            inodes[str(ino)] = d
+        return {"v": 1, "next_ino": self.next_ino, "inodes": inodes}
+
+    @classmethod
+    def from_checkpoint(cls, doc: dict) -> Meta:
+        m = cls()
+        inodes = doc.get("inodes")
+        if doc.get("v") != 1 or not isinstance(inodes, dict):
+            raise FormatError("checkpoint: unknown layout")
+        m.next_ino = _int(doc.get("next_ino"), "next inode number", ROOT + 1)
+        for key, d in inodes.items():
+            if not key.isdigit():
+                raise FormatError(f"checkpoint: bad inode number {key!r}")
+            node = Inode.from_json(int(key), d)
+            if node.is_dir:
+                ents = d.get("ents")
+                if not isinstance(ents, dict) or not all(type(v) is int for v in ents.values()):
+                    raise FormatError(f"inode {key}: bad directory entries")
+                node.ents = dict(ents)
+            m.inodes[node.ino] = node
+        return m
+
+    # -- mutations ------------------------------------------------------------------------------
+    def apply(self, muts: list) -> list:
+        """Apply one record's mutations; returns the inverse list.  Bad mutations raise
+        FormatError and leave nothing half-applied."""
+        undo: list = []
+        try:
+            for mut in muts:
+                undo.append(self._apply_one(mut))
+        except (FormatError, TypeError, ValueError, IndexError, KeyError) as e:
+            self.undo(undo)
+            raise FormatError(f"bad metadata mutation {str(mut)[:80]}: {e}") from None
+        return undo
+
+    def undo(self, undo: list) -> None:
+        for mut in reversed(undo):
+            self._apply_one(mut)
+
+    def _apply_one(self, mut) -> list:
+        op = mut[0]
+        if op == "i":
+            ino, d = mut[1], mut[2]
+            ino = _int(ino, "inode number", ROOT)
+            old = self.inodes.get(ino)
+            inverse = ["i", ino, None if old is None else old.to_json()]
+            if d is None:
+                if old is None:
+                    raise FormatError(f"delete of missing inode {ino}")
+                inverse.append(old.ents)
+                del self.inodes[ino]
+            else:
+                node = Inode.from_json(ino, d)
+                if node.is_dir:
+                    if old is not None and old.is_dir:
+                        node.ents = old.ents
+                    elif len(mut) > 3 and isinstance(mut[3], dict):
+                        node.ents = dict(mut[3])  # an undone delete brings its entries back
+                self.inodes[ino] = node
+            return inverse
+        if op == "d":
+            _, parent, name, child = mut
+            pnode = self.inodes.get(parent)
+            if pnode is None or not pnode.is_dir or not isinstance(name, str):
+                raise FormatError(f"directory entry in non-directory {parent}")
+            old = pnode.ents.get(name)
+            if child is None:
+                pnode.ents.pop(name, None)
+            else:
+                pnode.ents[name] = _int(child, "entry inode", ROOT)
+            return ["d", parent, name, old]
+        if op == "n":
+            old = self.next_ino
+            self.next_ino = _int(mut[1], "next inode number", ROOT + 1)
+            return ["n", old]
+        raise FormatError(f"unknown mutation {op!r}")
+
+    # -- structure ------------------------------------------------------------------------------
+    def problems(self, g: Geometry) -> list[str]:
+        out: list[str] = []
+        root = self.inodes.get(ROOT)
+        if root is None or not root.is_dir:
+            return ["root directory missing"]
+        seen: dict[int, int] = {ROOT: 0}
+        parent_of: dict[int, int] = {}
+        stack = [ROOT]
+        while stack:
+            d = stack.pop()
+            for name, child in sorted(self.inodes[d].ents.items()):
+                why = check_name(name)
+                if why:
+                    out.append(f"directory {d}: {why}")
+                node = self.inodes.get(child)
+                if node is None:
+                    out.append(f"directory {d}: entry {name!r} names missing inode {child}")
+                    continue
+                seen[child] = seen.get(child, 0) + 1
+                if node.is_dir:
+                    if child in parent_of or child == ROOT:
+                        out.append(f"directory {child} is linked more than once (cycle)")
+                        continue
+                    parent_of[child] = d
+                    stack.append(child)
+        for ino, node in self.inodes.items():
+            if ino not in seen:
+                out.append(f"inode {ino} is not reachable from the root")
+            if ino >= self.next_ino:
+                out.append(f"inode {ino} is not below the next inode number {self.next_ino}")
+            if node.is_dir:
+                want = 2 + sum(1 for c in node.ents.values() if c in self.inodes and self.inodes[c].is_dir)
+            else:
+                want = seen.get(ino, 0)
+            if node.nlink != want:
+                out.append(f"inode {ino}: link count {node.nlink}, expected {want}")
+        owner: dict[int, int] = {}
+        for ino, node in self.inodes.items():
+            prev_end = -1
+            for fb, db, cnt in node.ext:
+                if fb < prev_end:
+                    out.append(f"inode {ino}: extents overlap at file block {fb}")
+                prev_end = fb + cnt
+                if db < g.data_start or db + cnt > g.nblocks:
+                    out.append(f"inode {ino}: extent at device block {db}+{cnt} outside the data area")
+                    continue
+                for b in range(db, db + cnt):
+                    if b in owner:
+                        out.append(f"device block {b} belongs to inodes {owner[b]} and {ino}")
+                        break
+                    owner[b] = ino
+        return out
+
+    def used_blocks(self) -> list[tuple[int, int]]:
+        return sorted((db, db + cnt) for node in self.inodes.values() for _, db, cnt in node.ext)
+
+    def paths(self) -> dict[int, str]:
+        out = {ROOT: "/"}
+        stack = [ROOT]
+        while stack:
+            d = stack.pop()
+            base = out[d].rstrip("/")
+            for name, child in self.inodes[d].ents.items():
+                if child in self.inodes and child not in out:
+                    out[child] = f"{base}/{name}"
+                    if self.inodes[child].is_dir:
+                        stack.append(child)
+        return out

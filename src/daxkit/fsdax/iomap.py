@@ -1,0 +1,113 @@
+"""The fsdax read/write iteration (the kernel's dax_iomap_iter in fs/dax.c).
+
+Rules
+  * A request is a list of segments ``(device offset or None for a hole, length)`` in file
+    order.  Every mapped segment is reached through ``direct_access`` first: that is where known
+    poison is refused, exactly as the kernel's iteration does.
+  * Read: a hole reads as zeroes, with no poison check.  Known poison anywhere in the rest of the
+    request inside a segment -> EIO if nothing was read yet, else a short count.  Latent poison:
+    the machine-check-safe load delivers the clean bytes before the bad line (short count) and
+    the poison becomes known.
+  * Write: a clean segment is stored in place.  Over known poison, a page-aligned segment is
+    recovered page by page with ``RECOVERY_WRITE`` + ``recovery_write`` (clear, write, forget).
+    An unaligned one writes its clean prefix, up to the page holding the first bad sector, and
+    stops; nothing written at all -> EFAULT (the kernel's ``xfer == 0``).
+  * This layer allocates nothing and knows no filesystem: callers pass device segments.
+
+The fast path is one direct_access and one copy per segment; the poison handling is a branch
+off it into functions of its own.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ..device.device import RECOVERY_WRITE, DaxDevice
+from ..errors import HWPoisonError, MediaError
+from ..units import PAGE_SIZE, SECTOR_SIZE, align_down
+
+Segment = tuple[int | None, int]
+
+
+def _pages(dev_off: int, n: int) -> tuple[int, int]:
+    first = dev_off // PAGE_SIZE
+    return first, (dev_off + n + PAGE_SIZE - 1) // PAGE_SIZE - first
+
+
+def iomap_read(dev: DaxDevice, dst: memoryview, segments: list[Segment]) -> int:
+    """Fill ``dst`` from the segments; returns bytes read (short at poison)."""
+    done = 0
+    for dev_off, n in segments:
+        if n <= 0:
+            continue
+        if dev_off is None:
+            dst[done : done + n] = bytes(n)
+            done += n
+            continue
+        pgoff, npages = _pages(dev_off, n)
+        try:
+            dev.direct_access(pgoff, npages)
+        except HWPoisonError:
+            return _short_read(done, dev_off)
+        got = dev.mc_read(dst[done : done + n], dev_off)
+        done += got
+        if got < n:
+            return _short_read(done, dev_off + got)
+    return done
+
+
+def _short_read(done: int, where: int) -> int:
+    if done:
+        return done
+    raise MediaError(f"media error at device offset {where}: nothing could be read")
+
+
+def iomap_write(dev: DaxDevice, src: memoryview, segments: list[Segment]) -> int:
+    """Store ``src`` into the (mapped) segments; returns bytes written (short at poison)."""
+    done = 0
+    for dev_off, n in segments:
+        if n <= 0:
+            continue
+        assert dev_off is not None, "iomap_write needs every segment mapped"
+        pgoff, npages = _pages(dev_off, n)
+        try:
+            dev.direct_access(pgoff, npages)
+        except HWPoisonError:
+            wrote = _write_over_poison(dev, src[done : done + n], dev_off)
+            done += wrote
+            if wrote < n:
+                return _short_write(done, dev_off + wrote)
+            continue
+        dev.store(src[done : done + n], dev_off)
+        done += n
+    return done
+
+
+def _write_over_poison(dev: DaxDevice, data: memoryview, dev_off: int) -> int:
+    n = data.nbytes
+    if dev_off % PAGE_SIZE == 0 and n % PAGE_SIZE == 0:
+        done = 0
+        while done < n:
+            pgoff = (dev_off + done) // PAGE_SIZE
+            avail, _ = dev.direct_access(pgoff, (n - done) // PAGE_SIZE, RECOVERY_WRITE)
+            wrote = dev.recovery_write(pgoff, 0, data[done : done + avail * PAGE_SIZE])
+            if wrote == 0:
+                break
+            done += wrote
+        return done
+    first = dev_off // SECTOR_SIZE
+    check = dev.badblocks.check(first, (dev_off + n + SECTOR_SIZE - 1) // SECTOR_SIZE - first)
+    bad_at = max(check.first_bad * SECTOR_SIZE, dev_off) if check else dev_off + n
+    clean = max(0, align_down(bad_at, PAGE_SIZE) - dev_off)
+    if clean:
+        dev.store(data[:clean], dev_off)
+    return clean
+
+
+def _short_write(done: int, where: int) -> int:
+    if done:
+        return done
+    raise MediaError(
+        f"write meets poison at device offset {where} and is not page-aligned: nothing written",
+        errno=errno.EFAULT,
+    )
