@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 import time
 
@@ -18,6 +19,7 @@ from .progress import Progress
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_DAMAGE = 4  # fsck found damage (fsck(8)'s "filesystem errors left uncorrected")
 
 
 class CliError(Exception):
@@ -144,6 +146,134 @@ def cmd_write(a) -> None:
     _emit({"written": n, "offset": a.offset})
 
 
+# -- filesystem verbs ------------------------------------------------------------------------------
+class _Mounted:
+    """Open the image and mount its daxfs for one command."""
+
+    def __init__(self, image: str, readonly: bool):
+        self.image, self.readonly = image, readonly
+
+    def __enter__(self):
+        self.dev = daxkit.open(self.image)
+        try:
+            self.fs = daxkit.mount(self.dev, readonly=self.readonly)
+        except BaseException:
+            self.dev.close()
+            raise
+        return self.fs
+
+    def __exit__(self, *exc):
+        self.fs.unmount()
+        self.dev.close()
+
+
+def cmd_mkfs(a) -> None:
+    with daxkit.open(a.image) as dev:
+        daxkit.mkfs(dev, force=a.force)
+        with daxkit.mount(dev, readonly=True) as fs:
+            _emit({"image": a.image, **fs.statfs()})
+
+
+def cmd_ls(a) -> None:
+    with _Mounted(a.image, readonly=True) as fs:
+        st = fs.stat(a.path)
+        names = fs.listdir(a.path) if stat.S_ISDIR(st.st_mode) else [a.path.rstrip("/").rsplit("/", 1)[-1]]
+        base = a.path if stat.S_ISDIR(st.st_mode) else a.path.rsplit("/", 1)[0] or "/"
+        rows = []
+        for name in names:
+            s = fs.stat(f"{base.rstrip('/')}/{name}")
+            rows.append(
+                {"name": name, "type": "dir" if stat.S_ISDIR(s.st_mode) else "file", "size": s.st_size}
+            )
+    if a.long:
+        _emit(rows)
+    else:
+        for r in rows:
+            print(r["name"] + ("/" if r["type"] == "dir" else ""))
+
+
+def cmd_put(a) -> None:
+    if a.src == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            with open(a.src, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise DaxError(f"cannot read: {e.strerror}", errno=e.errno, path=a.src) from None
+    with _Mounted(a.image, readonly=False) as fs:
+        with fs.open(a.dst, "w") as f:
+            n = f.write(data)
+            f.fsync()
+    _emit({"path": a.dst, "written": n})
+
+
+def cmd_get(a) -> None:
+    with _Mounted(a.image, readonly=True) as fs:
+        with fs.open(a.src, "r") as f:
+            data = f.read()
+    if a.dst == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        with open(a.dst, "wb") as out:
+            out.write(data)
+
+
+def cmd_rm(a) -> None:
+    with _Mounted(a.image, readonly=False) as fs:
+        _remove(fs, a.path, a.recursive)
+
+
+def _remove(fs, path: str, recursive: bool) -> None:
+    if stat.S_ISDIR(fs.stat(path).st_mode):
+        if recursive:
+            for name in fs.listdir(path):
+                _remove(fs, f"{path.rstrip('/')}/{name}", True)
+        fs.rmdir(path)
+    else:
+        fs.unlink(path)
+
+
+def cmd_mkdir(a) -> None:
+    with _Mounted(a.image, readonly=False) as fs:
+        fs.mkdir(a.path)
+
+
+def cmd_bmap(a) -> None:
+    with _Mounted(a.image, readonly=True) as fs:
+        _emit(fs.bmap(a.path))
+
+
+def cmd_scan(a) -> None:
+    with _Mounted(a.image, readonly=True) as fs:
+        _emit(fs.scan())
+
+
+def cmd_fsck(a) -> None:
+    with daxkit.open(a.image) as dev:
+        report = daxkit.fsck(dev)
+    _emit(report)
+    if not report["clean"]:
+        raise SystemExit(EXIT_DAMAGE)
+
+
+def cmd_mount(a) -> None:
+    from ..fuse.mount import mount_background, serve
+
+    if a.foreground:
+        serve(a.image, a.mountpoint)
+    else:
+        pid = mount_background(a.image, a.mountpoint)
+        _emit({"image": a.image, "mountpoint": a.mountpoint, "pid": pid})
+
+
+def cmd_umount(a) -> None:
+    from ..fuse.mount import unmount
+
+    unmount(a.mountpoint)
+
+
 def cmd_demo(a) -> None:
     from .demo import run_demo
 
@@ -203,6 +333,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--offset", type=_size, required=True)
     sp.add_argument("-i", "--input", help="bytes to write, from FILE")
     sp.add_argument("--zero", type=_size, help="write N zero bytes")
+
+    sp = verb("mkfs", cmd_mkfs, "make a daxfs filesystem on the device")
+    sp.add_argument("-f", "--force", action="store_true", help="overwrite an existing filesystem")
+    sp = verb("ls", cmd_ls, "list a directory of the filesystem")
+    sp.add_argument("path", nargs="?", default="/", metavar="PATH")
+    sp.add_argument("-l", "--long", action="store_true", help="JSON with type and size")
+    sp = verb("put", cmd_put, "copy a local file (or - for stdin) into the filesystem")
+    sp.add_argument("src", metavar="SRC")
+    sp.add_argument("dst", metavar="DST")
+    sp = verb("get", cmd_get, "copy a file out of the filesystem (DST - for stdout)")
+    sp.add_argument("src", metavar="SRC")
+    sp.add_argument("dst", metavar="DST")
+    sp = verb("rm", cmd_rm, "remove a file or an empty directory")
+    sp.add_argument("path", metavar="PATH")
+    sp.add_argument("-r", "--recursive", action="store_true")
+    sp = verb("mkdir", cmd_mkdir, "make a directory")
+    sp.add_argument("path", metavar="PATH")
+    sp = verb("bmap", cmd_bmap, "a file's extents and device sectors (JSON)")
+    sp.add_argument("path", metavar="PATH")
+    verb("scan", cmd_scan, "every known media error and its owner (JSON)")
+    verb("fsck", cmd_fsck, "check the filesystem; exit 4 when damage is found")
+    sp = verb("mount", cmd_mount, "serve the filesystem through FUSE")
+    sp.add_argument("mountpoint", metavar="MNT")
+    sp.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
+    sp = verb("umount", cmd_umount, "unmount a FUSE mount", image=False)
+    sp.add_argument("mountpoint", metavar="MNT")
 
     sp = verb("demo", cmd_demo, "the whole story on a temporary image, verified step by step", image=False)
     sp.add_argument("--keep", action="store_true", help="keep the temporary image")

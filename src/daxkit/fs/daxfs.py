@@ -201,7 +201,8 @@ class DaxFS:
         self.unmount()
 
     def __repr__(self) -> str:
-        return f"<DaxFS {self.dev.path!r}{' ro' if self.readonly else ''}{' shutdown' if self._shutdown else ''}>"
+        flags = (" ro" if self.readonly else "") + (" shutdown" if self._shutdown else "")
+        return f"<DaxFS {self.dev.path!r}{flags}>"
 
     def unmount(self) -> None:
         with self._lock:
@@ -460,6 +461,33 @@ class DaxFS:
             self._commit(muts)
             if old is not None:
                 self._release(old, freed)
+
+    def chmod(self, path: str, mode: int) -> None:
+        with self._lock:
+            self._check(write=True)
+            node = self._resolve(path).copy()
+            node.mode, node.ctime = mode & 0o7777, time.time()
+            self._commit([["i", node.ino, node.to_json()]])
+
+    def utime(self, path: str, mtime: float | None = None) -> None:
+        with self._lock:
+            self._check(write=True)
+            node = self._resolve(path).copy()
+            node.mtime = time.time() if mtime is None else float(mtime)
+            node.ctime = time.time()
+            self._commit([["i", node.ino, node.to_json()]])
+
+    def statfs(self) -> dict:
+        with self._lock:
+            self._check()
+            g = self.geometry
+            return {
+                "block_size": P,
+                "blocks": g.nblocks - g.data_start,
+                "blocks_free": ranges.total(self._free),
+                "files": len(self.meta.inodes),
+                "name_max": 255,
+            }
 
     # -- files -------------------------------------------------------------------------------------
     def open(self, path: str, mode: str = "r") -> DaxFile:
@@ -742,8 +770,10 @@ class DaxFS:
             for fb, db, cnt in node.ext:
                 s, e = max(offset, db * P), min(end, (db + cnt) * P)
                 if s < e:
-                    out.append({"offset": s, "length": e - s, "owner": "file", "ino": ino, "path": paths.get(ino),
-                                "file_offset": fb * P + s - db * P, "file_length": e - s})  # fmt: skip
+                    out.append({
+                        "offset": s, "length": e - s, "owner": "file", "ino": ino, "path": paths.get(ino),
+                        "file_offset": fb * P + s - db * P, "file_length": e - s,
+                    })  # fmt: skip
         covered = ranges.union([], [(o["offset"], o["offset"] + o["length"]) for o in out])
         for s, e in ranges.subtract([(offset, end)], covered):
             out.append({"offset": s, "length": e - s, "owner": "free"})

@@ -1,0 +1,1 @@
+"""Adapters that serve a daxfs to the rest of the machine."""
