@@ -302,10 +302,11 @@ class DaxDevice:
             if obj is not None and self._holder is None:
                 if not self._img.claim_holder():
                     raise Busy("device already has a holder in another process", path=self.path)
-                self._ensure_watcher()
             elif obj is None and self._holder is not None:
                 self._img.release_holder()
             self._holder = obj
+            if obj is not None:
+                self._ensure_watcher()  # after the assignment: the watcher exits when nobody listens
 
     def notify_failure(self, offset: int, length: int, flags: int = 0) -> int:
         """Tell the holder that [offset, offset+length) failed; EOPNOTSUPP without a holder."""

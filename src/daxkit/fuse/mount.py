@@ -34,7 +34,7 @@ O_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
 def _import_mfusepy():
     try:
         import mfusepy
-    except (ImportError, OSError, EnvironmentError) as e:
+    except (ImportError, OSError) as e:
         raise DaxError(
             f"FUSE is not available: {e} (install the Debian package fuse3)", errno=errno.ENOSYS
         ) from None
