@@ -124,25 +124,40 @@ def test_corrupted_state_slots_refused(img):
     _expect_refusal(img, ["error state"])
 
 
+def _tear_newest_slot(img, gen):
+    with open(img, "r+b") as f:
+        for off in (imagemod.SLOT_OFFSET, imagemod.SLOT_OFFSET + imagemod.SLOT_SIZE):
+            f.seek(off)
+            magic, length, seq, _crc = imagemod._SLOT.unpack(f.read(imagemod._SLOT.size))
+            if seq == gen:
+                f.seek(off + imagemod._SLOT.size + 5)
+                f.write(b"\x00\x00\x00")
+                return
+
+
 def test_torn_newer_slot_falls_back_to_older_state(img):
+    """A crash while the new slot was being written: its checksum fails and the generation word
+    still names the old state, so the old state stands."""
     with daxkit.create(img, "4M") as d:
         d.inject_error(10, 1)  # commit, then the scrub commits: two slots in use
         gen = d._img.generation
-    # tear the newest slot as a crash mid-write would
-    seq_slot = [off for off in (imagemod.SLOT_OFFSET, imagemod.SLOT_OFFSET + imagemod.SLOT_SIZE)]
+    _tear_newest_slot(img, gen)
     with open(img, "r+b") as f:
-        newest = None
-        for off in seq_slot:
-            f.seek(off)
-            magic, length, seq, crc = imagemod._SLOT.unpack(f.read(imagemod._SLOT.size))
-            if seq == gen:
-                newest = off
-        f.seek(newest + imagemod._SLOT.size + 5)
-        f.write(b"\x00\x00\x00")
+        f.seek(imagemod.LIVE_OFFSET)
+        f.write(struct.pack("<Q", gen - 1))  # not yet published when the crash came
     with daxkit.open(img) as d:
         # the older state: poison and record present, the scrub's results not yet
         assert d.injected_errors() == [{"block": 10, "count": 1}]
         assert d.scrub_count == 0 and d.badblocks.text() == ""
+
+
+def test_damaged_committed_slot_is_refused(img):
+    """The same damage after the state was published cannot be a crash: refuse, lose nothing."""
+    with daxkit.create(img, "4M") as d:
+        d.inject_error(10, 1)
+        gen = d._img.generation
+    _tear_newest_slot(img, gen)
+    _expect_refusal(img, ["error state is corrupted"])
 
 
 KILL_WORKER = """

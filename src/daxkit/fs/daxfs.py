@@ -135,12 +135,14 @@ class _Loaded:
     """What a mount or fsck reads off the device."""
 
     def __init__(self, dev: DaxDevice):
+        # problems: the metadata cannot be trusted (mount refuses); notes: damage that loses
+        # nothing (a stale or spare copy), which fsck reports and the mount tolerates.
         self.problems: list[str] = []
-        found, self.problems = _read_superblocks(dev)
+        found, self.notes = _read_superblocks(dev)
         if not found:
             raise CorruptFilesystem(
                 "no valid daxfs superblock (not formatted, or both copies damaged)" +
-                (f": {'; '.join(self.problems)}" if self.problems else ""),
+                (f": {'; '.join(self.notes)}" if self.notes else ""),
                 path=dev.path,
             )  # fmt: skip
         self.slot, self.sb = max(found, key=lambda s: s[1].sb_seq)
@@ -151,7 +153,7 @@ class _Loaded:
         except FormatError as e:
             raise CorruptFilesystem(f"checkpoint: {e}", path=dev.path) from None
         log = _meta_read(dev, g.log_start * P, g.log_bytes)
-        records, self.tail, damage = layout.scan_log(log, self.sb.epoch)
+        records, self.tail, damage = layout.scan_log(log, self.sb.epoch, self.notes)
         self.problems += damage
         if layout.scan_log(log, self.sb.epoch + 1)[0]:
             self.problems.append("the log holds records of a newer epoch: the newest superblock is lost")
@@ -176,10 +178,10 @@ class DaxFS:
         self._listeners: list = []
         self._maps: dict[int, weakref.WeakSet] = {}
         loaded = _Loaded(dev)
-        damage = [p for p in loaded.problems if not p.startswith("superblock copy")]
-        if damage:
+        if loaded.problems:
+            n = len(loaded.problems)
             raise CorruptFilesystem(
-                f"metadata damaged ({len(damage)} problems; run fsck): {damage[0]}", path=dev.path
+                f"metadata damaged ({n} problems; run fsck): {loaded.problems[0]}", path=dev.path
             )
         self.meta, self.sb, self.geometry = loaded.meta, loaded.sb, loaded.g
         self._tail, self._seq = loaded.tail, loaded.seq
@@ -236,11 +238,15 @@ class DaxFS:
         """One operation: the record is in the log (or in a new checkpoint) when this returns."""
         undo = self.meta.apply(muts)
         try:
-            rec = layout.encode_record(self.sb.epoch, self._seq, muts)
+            rec, w1, w2 = layout.encode_record(self.sb.epoch, self._seq, muts)
             if self._tail + len(rec) > self.geometry.log_bytes:
                 self._checkpoint()
             else:
-                _meta_write(self.dev, self.geometry.log_start * P + self._tail, rec)
+                base = self.geometry.log_start * P + self._tail
+                word = layout.commit_word(self.sb.epoch, self._seq)
+                _meta_write(self.dev, base, rec)  # the record, both commit words still zero
+                _meta_write(self.dev, base + w1, word)  # committed from here on
+                _meta_write(self.dev, base + w2, word)  # the second copy survives a flipped first
                 self._tail += len(rec)
                 self._seq += 1
         except MediaError as e:

@@ -16,7 +16,7 @@ def fsck(dev: DaxDevice) -> dict:
         loaded = _Loaded(dev)
     except CorruptFilesystem as e:
         return {"clean": False, "problems": [e.strerror]}
-    problems = list(loaded.problems)
+    problems = list(loaded.problems) + list(loaded.notes)
     meta_end = loaded.g.data_start * PAGE_SIZE
     for off, n in dev.known_errors(0, meta_end):
         problems.append(f"known media error in the metadata area at device offset {off} (+{n})")

@@ -16,8 +16,13 @@ Why a log plus checkpoints (the crash-consistency design)
     *other* superblock slot: that single block write is the commit point, and records of older
     epochs are ignored from then on.  Data blocks are written before the record that links them,
     so a crash never exposes another file's old bytes.
-    A bad CRC followed by a later valid record of the same epoch is damage, not a torn tail: the
-    mount refuses and fsck reports it, instead of silently dropping committed operations.
+    A record is [commit word][header][payload][zero pad][commit word].  It is written with both
+    commit words zero, then the first, then the second, each one aligned 8-byte store; the commit
+    word is bound to (epoch, seq).  Replay accepts a record whose header and CRC check out and
+    whose commit words are not both missing; a record whose first commit word is present but
+    whose header or CRC fails was committed and then damaged: the mount refuses and fsck reports
+    it.  A missing commit word is a torn tail (a crash before the operation returned).  So one
+    flipped bit anywhere in a committed record is found, never mistaken for a crash.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ _SB = struct.Struct("<8sIQQIIIQII16s")  # magic ver sb_seq epoch area ck_len ck_
 _SB_CRC_AT = 256
 REC_MAGIC = 0xDAF5_1060
 _REC = struct.Struct("<IIQQI")  # magic, length, epoch, seq, crc32(epoch, seq, payload)
+_WORD = struct.Struct("<Q")
 REC_ALIGN = 8
 MIN_DATA_BLOCKS = 16
 
@@ -94,7 +100,7 @@ class Superblock:
         )  # fmt: skip
         block = bytearray(PAGE_SIZE)
         block[: len(body)] = body
-        struct.pack_into("<I", block, _SB_CRC_AT, zlib.crc32(bytes(block[:_SB_CRC_AT])))
+        struct.pack_into("<I", block, _SB_CRC_AT, _sb_crc(block))
         return bytes(block)
 
     @classmethod
@@ -102,7 +108,7 @@ class Superblock:
         if len(block) < PAGE_SIZE or block[:8] != SB_MAGIC:
             raise FormatError("no daxfs superblock magic")
         (crc,) = struct.unpack_from("<I", block, _SB_CRC_AT)
-        if zlib.crc32(block[:_SB_CRC_AT]) != crc:
+        if _sb_crc(block) != crc:
             raise FormatError("superblock checksum mismatch")
         _, ver, sb_seq, epoch, area, ck_len, ck_crc, nblocks, lb, cb, uid = _SB.unpack_from(block)
         if ver != VERSION:
@@ -111,6 +117,11 @@ class Superblock:
         if g != Geometry.for_device(device_size) or area not in (0, 1) or ck_len > g.ckpt_bytes:
             raise FormatError("superblock geometry does not match the device")
         return cls(sb_seq, epoch, area, ck_len, ck_crc, g, uid)
+
+
+def _sb_crc(block) -> int:
+    """Over the whole block but the CRC field, so no byte of a superblock can change unseen."""
+    return zlib.crc32(bytes(block[_SB_CRC_AT + 4 :]), zlib.crc32(bytes(block[:_SB_CRC_AT])))
 
 
 def new_uuid() -> bytes:
@@ -133,23 +144,34 @@ def decode_checkpoint(raw: bytes, crc: int) -> dict:
     return doc
 
 
-def encode_record(epoch: int, seq: int, mutations: list) -> bytes:
+def commit_word(epoch: int, seq: int) -> bytes:
+    """The 8-byte mark that record ``seq`` of ``epoch`` committed (never zero)."""
+    return _WORD.pack((zlib.crc32(struct.pack("<QQ", epoch, seq)) << 32) | (seq & 0xFFFFFFFF) | (1 << 63))
+
+
+def encode_record(epoch: int, seq: int, mutations: list) -> tuple[bytes, int, int]:
+    """(bytes with both commit words zero, offset of the first word, offset of the second)."""
     payload = json.dumps(mutations, separators=(",", ":")).encode()
     crc = zlib.crc32(struct.pack("<QQ", epoch, seq) + payload)
-    rec = _REC.pack(REC_MAGIC, len(payload), epoch, seq, crc) + payload
-    return rec + bytes(-len(rec) % REC_ALIGN)
+    body = _REC.pack(REC_MAGIC, len(payload), epoch, seq, crc) + payload
+    body += bytes(-len(body) % REC_ALIGN)
+    rec = bytes(_WORD.size) + body + bytes(_WORD.size)
+    return rec, 0, len(rec) - _WORD.size
 
 
-def decode_record_at(log: bytes, pos: int) -> tuple[int, int, list, int] | None:
-    """(epoch, seq, mutations, next position) of a valid record at ``pos``, or None."""
-    if pos + _REC.size > len(log):
+def _record_at(log: bytes, pos: int) -> tuple[int, int, list, int] | None:
+    """(epoch, seq, mutations, end) of a well-formed record at ``pos`` (commit words aside)."""
+    head = pos + _WORD.size
+    if head + _REC.size > len(log):
         return None
-    magic, length, epoch, seq, crc = _REC.unpack_from(log, pos)
-    end = pos + _REC.size + length
+    magic, length, epoch, seq, crc = _REC.unpack_from(log, head)
+    end_payload = head + _REC.size + length
+    end_body = end_payload + (-(_REC.size + length) % REC_ALIGN)
+    end = end_body + _WORD.size
     if magic != REC_MAGIC or end > len(log):
         return None
-    payload = bytes(log[pos + _REC.size : end])
-    if zlib.crc32(struct.pack("<QQ", epoch, seq) + payload) != crc:
+    payload = bytes(log[head + _REC.size : end_payload])
+    if zlib.crc32(struct.pack("<QQ", epoch, seq) + payload) != crc or any(log[end_payload:end_body]):
         return None
     try:
         muts = json.loads(payload)
@@ -157,32 +179,34 @@ def decode_record_at(log: bytes, pos: int) -> tuple[int, int, list, int] | None:
         return None
     if not isinstance(muts, list):
         return None
-    return epoch, seq, muts, end + (-end % REC_ALIGN)
+    return epoch, seq, muts, end
 
 
-def scan_log(log: bytes, epoch: int) -> tuple[list[list], int, list[str]]:
-    """Replay order: the records of ``epoch`` from the start of the log, consecutive in seq.
-    Returns (mutation lists, tail position, problems); a problem is a valid record of this epoch
-    found after the first invalid one (damage rather than a torn tail)."""
+def scan_log(log: bytes, epoch: int, notes: list[str] | None = None) -> tuple[list[list], int, list[str]]:
+    """Replay order: the committed records of ``epoch`` from the start of the log, consecutive in
+    seq.  Returns (mutation lists, tail position, problems that lose data); damage that loses
+    nothing (one commit-word copy) is appended to ``notes``."""
     out: list[list] = []
     pos, expect = 0, 1
-    while True:
-        got = decode_record_at(log, pos)
-        if got is None or got[0] != epoch or got[1] != expect:
-            break
-        out.append(got[2])
-        pos, expect = got[3], expect + 1
-    problems = []
-    magic = struct.pack("<I", REC_MAGIC)
-    probe = log.find(magic, pos + 1)
-    while probe >= 0:
-        if probe % REC_ALIGN == 0:
-            later = decode_record_at(log, probe)
-            if later is not None and later[0] == epoch and later[1] >= expect:
-                problems.append(
-                    f"metadata log damaged at byte {pos}: record {later[1]} of epoch {epoch} "
-                    f"follows an unreadable record {expect}"
-                )
-                break
-        probe = log.find(magic, probe + 1)
+    problems: list[str] = []
+    zero = bytes(_WORD.size)
+    while pos + _WORD.size <= len(log):
+        word = commit_word(epoch, expect)
+        c1 = bytes(log[pos : pos + _WORD.size])
+        got = _record_at(log, pos)
+        if got is not None and got[0] == epoch and got[1] == expect:
+            c2 = bytes(log[got[3] - _WORD.size : got[3]])
+            if c1 != word and c2 != word:
+                break  # written but never committed: a crash before the operation returned
+            for which, c in (("first", c1), ("second", c2)):
+                if c not in (word, zero) and notes is not None:  # zero: a crash between the stores
+                    notes.append(
+                        f"metadata log: {which} commit word of record {expect} damaged (record intact)"
+                    )
+            out.append(got[2])
+            pos, expect = got[3], expect + 1
+            continue
+        if c1 == word:
+            problems.append(f"metadata log damaged: committed record {expect} of epoch {epoch} at byte {pos}")
+        break
     return out, pos, problems

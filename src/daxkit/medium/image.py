@@ -184,6 +184,13 @@ class Image:
                     continue
         if best is None:
             raise ImageError("error state is corrupted (no valid state slot)", path=self.path)
+        if self.words[LIVE_GEN] > best[0]:
+            # The generation word is published only after its slot is complete: a newer slot
+            # existed and was damaged afterwards, which a crash cannot explain.
+            raise ImageError(
+                f"error state is corrupted (state {self.words[LIVE_GEN]} was committed, its slot fails its checksum)",
+                path=self.path,
+            )
         return best
 
     @contextmanager
