@@ -9,12 +9,15 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Debian packages the tests use (strace: the no-system-call check of copy_mc). Installed when
-# missing and we are root on a Debian machine; elsewhere the tests that need them skip.
-SYSDEPS := strace
+# Debian packages: fuse3 + libfuse3-dev + pkg-config (the FUSE mount), fio (the FUSE fio test),
+# strace (copy_mc's no-system-call check). Installed when missing and we are root with apt-get;
+# elsewhere the tests that need them skip.
+SYSDEPS := fuse3 libfuse3-dev pkg-config fio strace
 
 sysdeps:
-	@missing=""; for p in $(SYSDEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSDEPS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing Debian packages:$$missing"; \
@@ -26,7 +29,7 @@ sysdeps:
 venv: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
-demo: venv
+demo: sysdeps venv
 	$(BIN)/daxkit demo
 
 test: sysdeps venv
