@@ -257,6 +257,42 @@ static PyObject *py_copy_mc_from(PyObject *self, PyObject *const *args, Py_ssize
     return mc_result(&d, &s, left);
 }
 
+PyDoc_STRVAR(copy_mc_bytes_doc,
+"copy_mc_bytes(src, offset, n) -> bytes | None\n\n"
+"A new bytes object holding src[offset:offset+n], copied machine-check-safely; None when the\n"
+"copy faulted (the caller's slow path then finds out where).  One copy, no zero-fill.");
+
+static PyObject *py_copy_mc_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer s;
+    Py_ssize_t off, n;
+    PyObject *out = NULL;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "copy_mc_bytes(src, offset, n) takes exactly 3 arguments");
+        return NULL;
+    }
+    off = PyLong_AsSsize_t(args[1]);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    n = PyLong_AsSsize_t(args[2]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &s, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (off < 0 || n < 0 || n > s.len - off) {
+        PyErr_Format(PyExc_ValueError, "copy_mc_bytes: %zd bytes at offset %zd do not fit a source of %zd",
+                     n, off, s.len);
+    } else if ((out = PyBytes_FromStringAndSize(NULL, n)) != NULL) {
+        if (mc_copy_maybe_nogil(PyBytes_AS_STRING(out), (const char *)s.buf + off, (size_t)n)) {
+            Py_DECREF(out);
+            out = Py_NewRef(Py_None);
+        }
+    }
+    PyBuffer_Release(&s);
+    return out;
+}
+
 static PyObject *py_last_fault(PyObject *self, PyObject *unused)
 {
     return PyLong_FromSize_t((size_t)mc_last_fault);
@@ -272,6 +308,7 @@ static PyObject *py_install(PyObject *self, PyObject *unused)
 static PyMethodDef mc_methods[] = {
     {"copy_mc", (PyCFunction)(void (*)(void))py_copy_mc, METH_FASTCALL, copy_mc_doc},
     {"copy_mc_from", (PyCFunction)(void (*)(void))py_copy_mc_from, METH_FASTCALL, copy_mc_from_doc},
+    {"copy_mc_bytes", (PyCFunction)(void (*)(void))py_copy_mc_bytes, METH_FASTCALL, copy_mc_bytes_doc},
     {"last_fault", py_last_fault, METH_NOARGS,
      "Address of this thread's last fault survived by a copy (0 if none)."},
     {"install", py_install, METH_NOARGS,

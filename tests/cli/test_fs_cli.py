@@ -55,7 +55,9 @@ def test_scan_names_the_file_and_range(image, tmp_path):
         ("file", "/victim", 2 * 4096 + 1024, 256),
     ]
     r = daxkit_cli("get", image, "/victim", "-")
-    assert r.returncode != 0 and r.stderr.decode().startswith("daxkit: error: ") and b"Traceback" not in r.stderr
+    assert (
+        r.returncode != 0 and r.stderr.decode().startswith("daxkit: error: ") and b"Traceback" not in r.stderr
+    )
 
 
 def test_fsck_exit_code_on_damage(image):

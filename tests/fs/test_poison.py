@@ -226,3 +226,30 @@ def test_mmap_allocates_holes_and_truncate_revokes(fs):
             m.read(2 * P, 10)
         assert m.read(0, 10) == bytes(10)
         m.close()
+
+
+def test_fast_path_view_is_dropped_when_poison_becomes_known_elsewhere(fs, fsdev):
+    """The per-file direct_access view: reused only while the shared error state is unchanged,
+    so poison another process makes known is refused on the very next read, without waiting."""
+    write_file(fs, "/f", b"\x01" * 8 * P)
+    (ext,) = fs.bmap("/f")
+    with fs.open("/f", "r+") as f:
+        assert f.pread(P, 2 * P) == b"\x01" * P  # builds the view of the extent
+        r = run_py("import sys, daxkit; daxkit.open(sys.argv[1]).badblocks.add(sys.argv[2])", fsdev.path,
+                   f"{sector(ext, 2)} 1")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        with pytest.raises(daxkit.MediaError):
+            f.pread(P, 2 * P)  # no sleep: the state word changed, direct_access refuses
+        assert f.pread(P, 0) == b"\x01" * P  # the rest of the extent still reads
+        assert f.pwrite(b"\x02" * P, 2 * P) == P  # aligned: recovered through RECOVERY_WRITE
+        assert f.bad_ranges() == [] and f.pread(P, 2 * P) == b"\x02" * P
+
+
+def test_fast_path_view_follows_metadata_changes(fs):
+    with fs.open("/f", "w+") as f:
+        f.write(b"\x01" * 4 * P)
+        assert f.pread(P, P) == b"\x01" * P
+        f.truncate(P)
+        assert f.pread(P, P) == b""  # the old view is not used past the new end
+        f.truncate(4 * P)
+        assert f.pread(P, P) == bytes(P)

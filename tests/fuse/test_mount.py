@@ -3,7 +3,6 @@
 import ctypes
 import errno
 import json
-import mmap
 import os
 import shutil
 import signal

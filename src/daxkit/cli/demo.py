@@ -125,7 +125,10 @@ def _fs_story(path: str) -> None:
     dev = daxkit.create(path, "32M")
     daxkit.mkfs(dev)
     fs = daxkit.mount(dev)
-    _check(fs.listdir("/") == [] and dev.holder is fs, "mounted read-write; the filesystem is the device's holder")
+    _check(
+        fs.listdir("/") == [] and dev.holder is fs,
+        "mounted read-write; the filesystem is the device's holder",
+    )
 
     _step(11, "write files: /etc/motd, /data/a.bin (64 KiB), /data/b.bin (16 KiB)")
     fs.mkdir("/etc")

@@ -160,6 +160,7 @@ class DaxDevice:
         self.path = image.path
         self.size = image.data_size
         self.clear_err_unit = image.clear_err_unit
+        self._npages = self.size // PAGE_SIZE
         _copymc.install()  # stay on top if someone installed a fault handler since import
         self._region = Region(image.fd, [(0, image.data_offset, self.size)], self.size)
         self._mm = self._region.mm
@@ -326,15 +327,21 @@ class DaxDevice:
 
     # -- direct access ------------------------------------------------------------------------
     def direct_access(self, pgoff: int, nr_pages: int, mode: int = ACCESS) -> tuple[int, memoryview]:
+        if self._words[LIVE_GEN] != self._gen:
+            self._sync()
+        end = pgoff + nr_pages
+        if not self._bb_ends and 0 <= pgoff < end <= self._npages and mode == ACCESS:
+            return nr_pages, self._view[pgoff * PAGE_SIZE : end * PAGE_SIZE]  # nothing known bad
+        return self._direct_access(pgoff, nr_pages, mode)
+
+    def _direct_access(self, pgoff: int, nr_pages: int, mode: int) -> tuple[int, memoryview]:
         if nr_pages < 0:
             raise InvalidArgument(f"nr_pages must be >= 0, got {nr_pages}")
         if pgoff < 0:
             raise InvalidArgument(f"pgoff must be >= 0, got {pgoff}")
         if mode not in (ACCESS, RECOVERY_WRITE):
             raise InvalidArgument(f"unknown access mode {mode!r}")
-        if self._words[LIVE_GEN] != self._gen:
-            self._sync()
-        avail = min(nr_pages, self.size // PAGE_SIZE - pgoff)
+        avail = min(nr_pages, self._npages - pgoff)
         if avail <= 0:
             raise OutOfRange(
                 f"page {pgoff} (+{nr_pages}) is past the device end ({self.size // PAGE_SIZE} pages)"
@@ -448,6 +455,20 @@ class DaxDevice:
             self._mm[offset : offset + n] = data
 
     # -- what the layers above use besides direct_access ----------------------------------------
+    @property
+    def state_generation(self) -> int:
+        """Changes whenever the shared error state changes, in any process.  A caller that keeps
+        a direct_access view may reuse it while ``state_word[0]`` still equals this value."""
+        if self._words[LIVE_GEN] != self._gen:
+            self._sync()
+        return self._gen
+
+    @property
+    def state_word(self) -> memoryview:
+        """The shared generation word itself (one 8-byte load to see whether anything changed)."""
+        self._check_alive()
+        return self._words[LIVE_GEN : LIVE_GEN + 1]
+
     def store(self, data, offset: int) -> int:
         """CPU stores into the direct mapping at ``offset`` (a range the caller obtained through
         direct_access).  Stores never clear poison; in the emulator they are safe on pages that
@@ -457,7 +478,10 @@ class DaxDevice:
         n = data.nbytes if type(data) is memoryview else len(data)
         if offset < 0 or offset + n > self.size:
             self._check_range(offset, n)
-        self._store(data, offset)
+        if self._prot_bytes and _first_overlap(self._prot_bytes, offset, offset + n):
+            self._img.medium_write(data, offset)
+        else:
+            self._mm[offset : offset + n] = data
         return n
 
     def mc_read(self, dst, offset: int) -> int:

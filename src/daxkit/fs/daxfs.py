@@ -22,7 +22,9 @@ import threading
 import time
 import weakref
 import zlib
+from bisect import bisect_right
 
+from .._copymc import copy_mc_bytes
 from ..device.device import MF_MEM_PRE_REMOVE, DaxDevice
 from ..device.mapping import DaxMapping
 from ..errors import (
@@ -46,6 +48,9 @@ FALLOC_FL_ZERO_RANGE = 0x10
 EFSCORRUPTED = errno.EUCLEAN  # what XFS and ext4 return for corrupted metadata
 
 P = PAGE_SIZE
+_SHIFT = P.bit_length() - 1
+_MASK = P - 1
+_now = time.time
 
 
 class CorruptFilesystem(DaxError):
@@ -175,6 +180,7 @@ class DaxFS:
         self._lock = threading.RLock()
         self._shutdown: str | None = None
         self._unmounted = False
+        self._ok = True  # mounted and not shut down: the fast paths' one test
         self._listeners: list = []
         self._maps: dict[int, weakref.WeakSet] = {}
         loaded = _Loaded(dev)
@@ -211,6 +217,7 @@ class DaxFS:
             if self._unmounted:
                 return
             self._unmounted = True
+            self._ok = False
             if not self.readonly and self.dev.holder is self:
                 try:
                     self.dev.holder = None
@@ -232,6 +239,7 @@ class DaxFS:
     def _shut(self, reason: str) -> None:
         if self._shutdown is None:
             self._shutdown = reason
+            self._ok = False
 
     # -- committing metadata ----------------------------------------------------------------------
     def _commit(self, muts: list) -> None:
@@ -833,6 +841,9 @@ class DaxFile:
         self._pos = 0
         self._dirty = False
         self.closed = False
+        self._fast_write = writable and not append and not fs.readonly
+        self._win = None  # (inode, file start, file end, view, device offset, state generation)
+        self._state = fs.dev.state_word
 
     def __enter__(self) -> DaxFile:
         return self
@@ -852,27 +863,82 @@ class DaxFile:
         if read and not self.readable:
             raise _fs_error(errno.EBADF, f"{self.name}: not open for reading")
 
+    # The fast paths.  A request inside one extent is served from a direct_access view of that
+    # extent, kept while the inode and the device's shared error state are unchanged (a new
+    # known error anywhere, in any process, changes the state word and sends the next request
+    # back through direct_access, which applies the poison rules).  Anything else, poison
+    # included, takes the general path through the fsdax layer.
+    def _window(self, node: Inode, off: int):
+        i = bisect_right(node._starts or node.starts(), off >> _SHIFT) - 1
+        if i < 0:
+            return None
+        fb, db, cnt = node.ext[i]
+        if off >= (fb + cnt) << _SHIFT:
+            return None
+        dev = self._fs.dev
+        try:
+            _, view = dev.direct_access(db, cnt)
+        except DaxError:
+            return None  # known poison in this extent: per-request direct_access decides
+        win = (node, fb << _SHIFT, (fb + cnt) << _SHIFT, view, db << _SHIFT, dev.state_generation)
+        self._win = win
+        return win
+
     def pread(self, n: int, off: int, flags: int = 0) -> bytes:
+        fs = self._fs
+        with fs._lock:
+            node = fs.meta.inodes.get(self.ino)
+            if not (fs._ok and self.readable and node is not None and not flags and n > 0 and off >= 0):
+                return self._pread_checked(n, off, flags)
+            if off + n > node.size:
+                n = node.size - off
+                if n <= 0:
+                    return b""
+            w = self._win
+            if w is None or w[0] is not node or w[5] != self._state[0] or not w[1] <= off < off + n <= w[2]:
+                w = self._window(node, off)
+            if w is not None and off + n <= w[2]:
+                data = copy_mc_bytes(w[3], off - w[1], n)
+                if data is not None:
+                    return data
+            return fs._read(self.ino, n, off)
+
+    def _pread_checked(self, n: int, off: int, flags: int) -> bytes:
         if flags:
             raise InvalidArgument(f"unsupported pread flags {flags:#x}")
         if n < 0 or off < 0:
             raise InvalidArgument(f"pread: n={n} offset={off}")
-        fs = self._fs
-        with fs._lock:
-            self._ready(read=True)
-            return fs._read(self.ino, n, off)
+        self._ready(read=True)
+        return self._fs._read(self.ino, n, off)
 
     def pwrite(self, data, off: int) -> int:
-        if off < 0:
-            raise InvalidArgument(f"pwrite: negative offset {off}")
-        mv = memoryview(data).cast("B")
         fs = self._fs
         with fs._lock:
+            node = fs.meta.inodes.get(self.ino)
+            if fs._ok and self._fast_write and node is not None and off >= 0:
+                n = data.nbytes if type(data) is memoryview else len(data)
+                if 0 < n and off + n <= node.size:
+                    w = self._win
+                    if (
+                        w is None
+                        or w[0] is not node
+                        or w[5] != self._state[0]
+                        or not w[1] <= off < off + n <= w[2]
+                    ):
+                        w = self._window(node, off)
+                    if w is not None and off + n <= w[2]:
+                        # In place inside one extent and the file size: no metadata changes.
+                        fs.dev.store(data, w[4] + off - w[1])
+                        node.mtime = _now()
+                        self._dirty = True
+                        return n
+            if off < 0:
+                raise InvalidArgument(f"pwrite: negative offset {off}")
             self._ready(write=True)
             if self.append:
                 off = fs._inode(self.ino).size
             self._dirty = True
-            return fs._write(self.ino, mv, off)
+            return fs._write(self.ino, memoryview(data).cast("B"), off)
 
     def read(self, n: int = -1) -> bytes:
         with self._fs._lock:
@@ -939,6 +1005,8 @@ class DaxFile:
     def close(self) -> None:
         if self.closed:
             return
+        self._fast_write = False
+        self._win = None
         try:
             if self._dirty and not self._fs._shutdown and not self._fs._unmounted:
                 with self._fs._lock:
