@@ -63,7 +63,10 @@ def test_pmem_errors_sh(mounted):
     r = dd(f"if={f}", "of=/dev/null", "iflag=direct", "bs=4096", "count=1")
     assert r.returncode != 0 and b"Input/output error" in r.stderr
     # an mmap copy of the first page dies of SIGBUS, exactly once
-    code = "import mmap, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); m = mmap.mmap(fd, 4096, prot=mmap.PROT_READ); bytes(m[:4096]); print('copied')"
+    code = (
+        "import mmap, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+        "m = mmap.mmap(fd, 4096, prot=mmap.PROT_READ); bytes(m[:4096]); print('copied')"
+    )
     r = subprocess.run([sys.executable, "-c", code, f], capture_output=True, timeout=30)
     assert r.returncode == -signal.SIGBUS and b"copied" not in r.stdout
     # a page-aligned write clears it, and the read then succeeds
@@ -127,10 +130,14 @@ def test_killing_the_mount_process_leaves_a_consistent_image(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     m = Mount(image, str(mnt))
-    writer = subprocess.Popen(
-        [sys.executable, "-c", "import os, sys\nfor i in range(100000):\n    p = os.path.join(sys.argv[1], f'f{i % 40}')\n    open(p, 'wb').write(os.urandom(5000))\n    os.rename(p, p + '.x') if i % 3 else None\n", str(mnt)],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    churn = (
+        "import os, sys\n"
+        "for i in range(100000):\n"
+        "    p = os.path.join(sys.argv[1], f'f{i % 40}')\n"
+        "    open(p, 'wb').write(os.urandom(5000))\n"
+        "    os.rename(p, p + '.x') if i % 3 else None\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", churn, str(mnt)], stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     os.kill(m.pid, signal.SIGKILL)
     writer.wait(timeout=30)
@@ -151,9 +158,13 @@ def test_fio_random_write_with_crc32c_verify(tmp_path):
     m = Mount(image, str(mnt))
     try:
         r = subprocess.run(
-            ["fio", "--name=verify", f"--filename={mnt}/fio.dat", "--size=64M", "--rw=randwrite", "--bs=4k",
-             "--ioengine=psync", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=json"],
-            capture_output=True, timeout=600,
+            [
+                "fio", "--name=verify", f"--filename={mnt}/fio.dat", "--size=64M", "--rw=randwrite",
+                "--bs=4k", "--ioengine=psync", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+                "--output-format=json",
+            ],
+            capture_output=True,
+            timeout=600,
         )  # fmt: skip
         assert r.returncode == 0, r.stderr.decode()[-2000:]
         job = json.loads(r.stdout)["jobs"][0]

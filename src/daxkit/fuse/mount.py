@@ -95,10 +95,11 @@ def make_operations(fs, mfusepy):
         # -- attributes ----------------------------------------------------------------------------
         def getattr(self, path, fh=None):
             st = self._call(fs.stat, path)
+            mtime, ctime = int(st.st_mtime * 1e9), int(st.st_ctime * 1e9)
             return {
                 "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_size": st.st_size,
-                "st_uid": os.getuid(), "st_gid": os.getgid(), "st_blocks": st.st_blocks, "st_blksize": st.st_blksize,
-                "st_mtime": int(st.st_mtime * 1e9), "st_ctime": int(st.st_ctime * 1e9), "st_atime": int(st.st_mtime * 1e9),
+                "st_uid": os.getuid(), "st_gid": os.getgid(), "st_blocks": st.st_blocks,
+                "st_blksize": st.st_blksize, "st_mtime": mtime, "st_ctime": ctime, "st_atime": mtime,
             }  # fmt: skip
 
         def chmod(self, path, mode):

@@ -188,7 +188,8 @@ class Image:
             # The generation word is published only after its slot is complete: a newer slot
             # existed and was damaged afterwards, which a crash cannot explain.
             raise ImageError(
-                f"error state is corrupted (state {self.words[LIVE_GEN]} was committed, its slot fails its checksum)",
+                f"error state is corrupted (state {self.words[LIVE_GEN]} was committed, "
+                "its slot fails its checksum)",
                 path=self.path,
             )
         return best
