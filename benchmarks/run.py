@@ -49,9 +49,9 @@ class Bench:
             self.rows.append((f"{name}: {subject}", times[subject], peer, times[peer], bounds.get(peer, "")))
 
     def report(self) -> None:
-        print(f"\n{'benchmark':58s} {'time/op':>10s}  {'peer':34s} {'peer/op':>10s} {'ratio':>7s}  bound")
+        print(f"\n{'benchmark':62s} {'time/op':>10s}  {'peer':34s} {'peer/op':>10s} {'ratio':>7s}  bound")
         for name, t, peer, pt, bound in self.rows:
-            print(f"{name:58s} {_fmt(t):>10s}  {peer:34s} {_fmt(pt):>10s} {t / pt:6.2f}x  {bound}")
+            print(f"{name:62s} {_fmt(t):>10s}  {peer:34s} {_fmt(pt):>10s} {t / pt:6.2f}x  {bound}")
 
 
 def _fmt(seconds: float) -> str:
@@ -237,6 +237,137 @@ def bench_copy_mc(b: Bench, only: str | None) -> None:
     )
 
 
+def bench_fs(b: Bench, work: str, only: str | None) -> None:
+    """DaxFile.pread/pwrite against os.pread/os.pwrite on a tmpfs file (SPEC 8)."""
+    if only and "fs" not in only:
+        return
+    P = 4096
+    dev = daxkit.create(os.path.join(work, "fs.img"), DEV_SIZE, force=True)
+    daxkit.mkfs(dev)
+    fs = daxkit.mount(dev)
+    size = 64 * MiB
+    blob = os.urandom(MiB)
+    f = fs.open("/bench.dat", "w+")
+    for o in range(0, size, MiB):
+        f.pwrite(blob, o)
+    peer_path = os.path.join(work, "peer.dat")
+    fd = os.open(peer_path, os.O_RDWR | os.O_CREAT, 0o644)
+    for o in range(0, size, MiB):
+        os.pwrite(fd, blob, o)
+    rng = random.Random(7)
+    offs = [rng.randrange(size // P) * P for _ in range(2000 if b.quick else 20000)]
+    page = blob[:P]
+
+    def dax_pread():
+        pr = f.pread
+        for o in offs:
+            pr(P, o)
+        return len(offs)
+
+    def os_pread():
+        pr = os.pread
+        for o in offs:
+            pr(fd, P, o)
+        return len(offs)
+
+    def dax_pwrite():
+        pw = f.pwrite
+        for o in offs:
+            pw(page, o)
+        return len(offs)
+
+    def os_pwrite():
+        pw = os.pwrite
+        for o in offs:
+            pw(fd, page, o)
+        return len(offs)
+
+    seq = list(range(0, size, MiB))
+
+    def dax_pread_1m():
+        for o in seq:
+            f.pread(MiB, o)
+        return len(seq)
+
+    def os_pread_1m():
+        for o in seq:
+            os.pread(fd, MiB, o)
+        return len(seq)
+
+    def dax_pwrite_1m():
+        for o in seq:
+            f.pwrite(blob, o)
+        return len(seq)
+
+    def os_pwrite_1m():
+        for o in seq:
+            os.pwrite(fd, blob, o)
+        return len(seq)
+
+    b.compare("daxfs 4 KiB random, 64 MiB file", {"DaxFile.pread": dax_pread, "os.pread tmpfs": os_pread},
+              ["os.pread tmpfs"], {"os.pread tmpfs": "<= 1.5x"})  # fmt: skip
+    b.compare("daxfs 4 KiB random, 64 MiB file", {"DaxFile.pwrite": dax_pwrite, "os.pwrite tmpfs": os_pwrite},
+              ["os.pwrite tmpfs"], {"os.pwrite tmpfs": "<= 1.5x"})  # fmt: skip
+    b.compare("daxfs 1 MiB sequential", {"DaxFile.pread": dax_pread_1m, "os.pread tmpfs": os_pread_1m},
+              ["os.pread tmpfs"], {"os.pread tmpfs": "<= 1.1x"})  # fmt: skip
+    b.compare("daxfs 1 MiB sequential", {"DaxFile.pwrite": dax_pwrite_1m, "os.pwrite tmpfs": os_pwrite_1m},
+              ["os.pwrite tmpfs"], {"os.pwrite tmpfs": "<= 1.1x"})  # fmt: skip
+    f.close()
+    fs.unmount()
+    dev.close()
+    os.close(fd)
+
+
+def bench_fuse(b: Bench, work: str, only: str | None) -> None:
+    """fio through the FUSE mount beside the same job on tmpfs (reported, no bound)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    if only and "fuse" not in only:
+        return
+    if (
+        shutil.which("fio") is None
+        or not os.access("/dev/fuse", os.W_OK)
+        or shutil.which("fusermount3") is None
+    ):
+        print("(fuse benchmark skipped: needs fio, fuse3 and /dev/fuse)")
+        return
+    image = os.path.join(work, "fuse.img")
+    with daxkit.create(image, DEV_SIZE, force=True) as dev:
+        daxkit.mkfs(dev)
+    mnt = os.path.join(work, "mnt")
+    tmpfs_dir = os.path.join(work, "tmpfs")
+    os.makedirs(mnt, exist_ok=True)
+    os.makedirs(tmpfs_dir, exist_ok=True)
+    cli = [sys.executable, "-m", "daxkit.cli.main"]
+    subprocess.run([*cli, "mount", image, mnt], check=True, capture_output=True)
+    runtime = "2" if b.quick else "5"
+    jobs = {
+        "4 KiB random read IOPS": ["--rw=randread", "--bs=4k"],
+        "1 MiB sequential read MB/s": ["--rw=read", "--bs=1M"],
+        "1 MiB sequential write MB/s": ["--rw=write", "--bs=1M"],
+    }
+    try:
+        for name, args in jobs.items():
+            res = {}
+            for where, d in (("fuse", mnt), ("tmpfs", tmpfs_dir)):
+                r = subprocess.run(
+                    ["fio", "--name=b", f"--directory={d}", "--size=64M", "--ioengine=psync", "--time_based",
+                     f"--runtime={runtime}", "--output-format=json", *args],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                job = json.loads(r.stdout)["jobs"][0]
+                side = job["write"] if "write" in args[0] else job["read"]
+                res[where] = side["iops"] if "IOPS" in name else side["bw_bytes"] / 1e6
+            # as "time per op" for the table: the inverse rate, so the ratio reads like the others
+            b.rows.append((f"FUSE fio {name}: {res['fuse']:.0f}", 1 / res["fuse"], f"tmpfs {res['tmpfs']:.0f}",
+                           1 / res["tmpfs"], "reported"))  # fmt: skip
+    finally:
+        subprocess.run([*cli, "umount", mnt], capture_output=True)
+
+
 def main(quick: bool = False, only: str | None = None) -> None:
     import platform
 
@@ -247,6 +378,8 @@ def main(quick: bool = False, only: str | None = None) -> None:
     )
     with tempfile.TemporaryDirectory(dir=_tmpfs_dir(), prefix="daxkit-bench-") as work:
         bench_device(b, work, only)
+        bench_fs(b, work, only)
+        bench_fuse(b, work, only)
     bench_copy_mc(b, only)
     b.report()
 
