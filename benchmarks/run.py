@@ -362,8 +362,8 @@ def bench_fuse(b: Bench, work: str, only: str | None) -> None:
                 side = job["write"] if "write" in args[0] else job["read"]
                 res[where] = side["iops"] if "IOPS" in name else side["bw_bytes"] / 1e6
             # as "time per op" for the table: the inverse rate, so the ratio reads like the others
-            b.rows.append((f"FUSE fio {name}: {res['fuse']:.0f}", 1 / res["fuse"], f"tmpfs {res['tmpfs']:.0f}",
-                           1 / res["tmpfs"], "reported"))  # fmt: skip
+            fuse, tmpfs = res["fuse"], res["tmpfs"]
+            b.rows.append((f"FUSE fio {name}: {fuse:.0f}", 1 / fuse, f"tmpfs {tmpfs:.0f}", 1 / tmpfs, "reported"))
     finally:
         subprocess.run([*cli, "umount", mnt], capture_output=True)
 
