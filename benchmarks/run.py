@@ -363,7 +363,8 @@ def bench_fuse(b: Bench, work: str, only: str | None) -> None:
                 res[where] = side["iops"] if "IOPS" in name else side["bw_bytes"] / 1e6
             # as "time per op" for the table: the inverse rate, so the ratio reads like the others
             fuse, tmpfs = res["fuse"], res["tmpfs"]
-            b.rows.append((f"FUSE fio {name}: {fuse:.0f}", 1 / fuse, f"tmpfs {tmpfs:.0f}", 1 / tmpfs, "reported"))
+            row = (f"FUSE fio {name}: {fuse:.0f}", 1 / fuse, f"tmpfs {tmpfs:.0f}", 1 / tmpfs, "reported")
+            b.rows.append(row)
     finally:
         subprocess.run([*cli, "umount", mnt], capture_output=True)
 
