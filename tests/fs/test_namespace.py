@@ -142,3 +142,17 @@ def test_mount_of_unformatted_device(tmp_path):
     with pytest.raises(daxkit.CorruptFilesystem) as ei:
         daxkit.mount(dev)
     assert "no valid daxfs superblock" in str(ei.value)
+
+
+def test_allocation_wraps_around_and_never_hands_out_a_block_twice(fs):
+    g = fs.geometry
+    total = g.nblocks - g.data_start
+    got = fs._alloc(10, g.nblocks - 4)  # from near the end, wrapping to the start
+    assert got == [(g.nblocks - 4, 4), (g.data_start, 6)]
+    rest = fs._alloc(total - 10, g.data_start + 100)
+    blocks = [b for s, c in got + rest for b in range(s, s + c)]
+    assert len(blocks) == len(set(blocks)) == total
+    with pytest.raises(daxkit.NoSpace):
+        fs._alloc(1, 0)
+    fs._unalloc(got + rest)
+    assert fs.statfs()["blocks_free"] == total

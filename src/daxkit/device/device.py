@@ -43,7 +43,7 @@ from ..errors import (
     OutOfRange,
 )
 from ..medium import ranges
-from ..medium.badblocks import Badblocks, BadblocksCheck, Entry
+from ..medium.badblocks import Badblocks, BadblocksCheck, Entry, parse_entry
 from ..medium.image import LIVE_GEN, LIVE_SCRUB_DONE, LIVE_SCRUB_PID, LIVE_SCRUB_TOTAL, Image
 from ..medium.region import Region
 from ..medium.state import ErrorState
@@ -141,8 +141,6 @@ class BadblocksView:
 
     def add(self, text: str) -> None:
         """What writing "<sector> <count>" to the sysfs file does: an acknowledged entry."""
-        from ..medium.badblocks import parse_entry
-
         sector, count = parse_entry(text)
         if sector + count > self._dev.size // SECTOR_SIZE:
             raise InvalidArgument(

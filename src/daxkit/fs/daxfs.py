@@ -551,29 +551,18 @@ class DaxFS:
 
     # -- blocks -------------------------------------------------------------------------------------
     def _alloc(self, count: int, hint: int) -> list[tuple[int, int]]:
-        """Take ``count`` free blocks, first fit from ``hint``; all or nothing (ENOSPC)."""
-        if ranges.total(self._free) < count:
-            raise NoSpace(f"no space left: {count} blocks wanted, {ranges.total(self._free)} free")
-        order = [iv for iv in self._free if iv[1] > hint] + [iv for iv in self._free if iv[1] <= hint]
+        """Take ``count`` free blocks, first fit from ``hint`` and wrapping around; all or
+        nothing (ENOSPC)."""
+        free = ranges.total(self._free)
+        if free < count:
+            raise NoSpace(f"no space left: {count} blocks wanted, {free} free")
         got, need = [], count
-        for s, e in order:
-            s = max(s, hint) if s < hint < e else s
+        for s, e in ranges.clip(self._free, hint, 1 << 62) + ranges.clip(self._free, 0, hint):
             take = min(need, e - s)
             got.append((s, take))
             need -= take
             if not need:
                 break
-        if need:  # the hint split an interval; take the rest from its front
-            for s, e in self._free:
-                for gs, gc in got:
-                    if gs <= s < gs + gc:
-                        s = gs + gc
-                if s < e:
-                    take = min(need, e - s)
-                    got.append((s, take))
-                    need -= take
-                if not need:
-                    break
         for s, c in got:
             self._free = ranges.remove(self._free, s, s + c)
         return got
