@@ -130,6 +130,8 @@ def test_read_write_roundtrip_with_files(image, tmp_path):
     out = tmp_path / "out.bin"
     ok("read", image, "--offset", "1M", "--length", str(256 * 20), "-o", str(out))
     assert out.read_bytes() == src.read_bytes()
+    ok("write", image, "--offset", "2M", "-i", "-", input=b"from stdin")
+    assert ok("read", image, "--offset", "2M", "--length", "10").encode("latin-1") == b"from stdin"
 
 
 def test_cli_sees_state_of_a_process_holding_the_device(image):

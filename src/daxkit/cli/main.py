@@ -133,7 +133,9 @@ def cmd_read(a) -> None:
 def cmd_write(a) -> None:
     if (a.input is None) == (a.zero is None):
         raise CliError("write needs exactly one of -i FILE or --zero N")
-    if a.input is not None:
+    if a.input == "-":
+        data = sys.stdin.buffer.read()
+    elif a.input is not None:
         try:
             with open(a.input, "rb") as f:
                 data = f.read()
@@ -331,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = verb("write", cmd_write, "block-path write")
     sp.add_argument("--offset", type=_size, required=True)
-    sp.add_argument("-i", "--input", help="bytes to write, from FILE")
+    sp.add_argument("-i", "--input", help="bytes to write, from FILE (- for stdin)")
     sp.add_argument("--zero", type=_size, help="write N zero bytes")
 
     sp = verb("mkfs", cmd_mkfs, "make a daxfs filesystem on the device")
