@@ -22,6 +22,7 @@ from .device.device import (
     PRE_REMOVE,
     RECOVERY_WRITE,
     DaxDevice,
+    RecoveredData,
     ScrubReport,
 )
 from .device.mapping import DaxMapping
@@ -43,6 +44,7 @@ from .fs.daxfs import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,
+    RWF_RECOVERY_DATA,
     CorruptFilesystem,
     DaxFile,
     DaxFS,
@@ -124,6 +126,8 @@ __all__ = [
     "DaxDevice",
     "DaxMapping",
     "ScrubReport",
+    "RecoveredData",
+    "RWF_RECOVERY_DATA",
     "Badblocks",
     "DaxError",
     "ImageError",

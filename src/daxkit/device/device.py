@@ -56,6 +56,7 @@ MF_MEM_PRE_REMOVE = 1 << 7
 PRE_REMOVE = MF_MEM_PRE_REMOVE
 
 _copy_mc_from = _copymc.copy_mc_from
+_copy_mc_bytes = _copymc.copy_mc_bytes
 _first_overlap = ranges.first_overlap
 _SCRUB_STEP = 16 << 20
 WATCH_INTERVAL = 0.02
@@ -77,6 +78,15 @@ class ScrubReport:
             "scrub_count": self.scrub_count,
             "overflow": self.overflow,
         }
+
+
+@dataclass
+class RecoveredData:
+    """What a recovery read returns (SPEC 4): every clean byte, zeroes where a line is bad, and
+    the bad byte ranges exactly, in the caller's offsets."""
+
+    data: bytes | bytearray
+    bad: list[tuple[int, int]] = field(default_factory=list)
 
 
 # -- state transformers: pure functions of an ErrorState, the policy of clearing -----------------
@@ -175,6 +185,7 @@ class DaxDevice:
         self._bb_ends: list[int] = []
         self._known: ranges.Intervals = []  # badblocks sectors + bad range list, in bytes
         self._precise: ranges.Intervals = []  # the same, line-precise where the list knows better
+        self._bad: ranges.Intervals = []  # poison + precise: what safe accessors must not deliver
         self._prot_bytes: ranges.Intervals = []  # bytes of PROT_NONE pages
         self._prot_pages: ranges.Intervals = []
         self._mappings: weakref.WeakSet = weakref.WeakSet()
@@ -266,6 +277,7 @@ class DaxDevice:
         # range explains (software entries written to the table).
         soft = [iv for iv in self._bb_bytes if not ranges.clip(state.bad_ranges, *iv)]
         self._precise = ranges.union(state.bad_ranges, soft)
+        self._bad = ranges.union(state.poison, self._precise)
         self._prot_pages = ranges.scale(ranges.union(state.poison, self._known), PAGE_SIZE)
         self._prot_bytes = [(s * PAGE_SIZE, e * PAGE_SIZE) for s, e in self._prot_pages]
         self._region.protect(self._prot_pages)
@@ -402,10 +414,16 @@ class DaxDevice:
         return n
 
     def pread(self, length: int, offset: int) -> bytes:
-        if length < 0:
-            raise InvalidArgument(f"negative length {length}")
+        if self._words[LIVE_GEN] != self._gen:
+            self._sync()
+        if length < 0 or offset < 0 or offset + length > self.size:
+            self._check_range(offset, length)
+        if not (self._bb_ends and self._bb_hit(offset, offset + length)):
+            data = _copy_mc_bytes(self._mm, offset, length)  # one copy into the result
+            if data is not None:
+                return data
         buf = bytearray(length)
-        self.readinto(buf, offset)
+        self.readinto(buf, offset)  # raises EIO, after consumption where it applies
         return bytes(buf)
 
     def _block_read_fault(self, buffer, offset: int, n: int) -> None:
@@ -505,7 +523,7 @@ class DaxDevice:
     def _bad_lines(self) -> ranges.Intervals:
         """Lines a safe accessor must not deliver: poison and precisely known errors (a whole
         sector only when the table has an entry that no bad range explains)."""
-        return ranges.union(self._state.poison, self._precise)
+        return self._bad
 
     def _read_lines(self, dst: memoryview, offset: int) -> tuple[int, tuple[int, int] | None]:
         """Copy device bytes [offset, offset+len(dst)) into dst up to the first bad line.
@@ -544,6 +562,51 @@ class DaxDevice:
             lambda st: _make_known(st, [(line, line + LINE_SIZE)])[0],
             holder_report=lambda h: h.notify_failure(page, PAGE_SIZE, MF_ACTION_REQUIRED),
         )
+
+    # -- the recovery path (SPEC 4) ------------------------------------------------------------
+    def read_recover(self, offset: int, length: int) -> RecoveredData:
+        """Recovery read: instead of EIO, every clean byte of [offset, offset+length), zeroes on
+        bad lines, and the bad ranges (device offsets, line-precise, clipped to the request).
+        Latent poison it touches becomes known, as any machine-check-safe read makes it, and the
+        holder hears about each page with MF_ACTION_REQUIRED.  ``data`` is a bytearray."""
+        if length < 0:
+            raise InvalidArgument(f"negative length {length}")
+        buf = bytearray(length)
+        return RecoveredData(buf, self.read_recover_into(buf, offset))
+
+    def read_recover_into(self, buffer, offset: int) -> list[tuple[int, int]]:
+        """``read_recover`` into a caller's buffer; returns the bad ranges."""
+        dst = memoryview(buffer).cast("B")
+        length = dst.nbytes
+        self._check_range(offset, length)
+        self._sync()
+        end = offset + length
+        bad = ranges.clip(self._bad_lines(), offset, end)
+        if not bad and _copy_mc_from(dst, self._mm, offset) == 0:
+            return []
+        # The slow path: pages that do not fault are copied from the mapping, faulting pages
+        # from the cells as stored (the emulator's medium); then the bad lines are zeroed.
+        pos = offset
+        for s, e in ranges.clip(self._prot_bytes, offset, end) + [(end, end)]:
+            if s > pos and _copy_mc_from(dst[pos - offset : s - offset], self._mm, pos):
+                self._img.medium_read_into(dst[pos - offset : s - offset], pos)
+            if e > s:
+                self._img.medium_read_into(dst[s - offset : e - offset], s)
+            pos = e
+        lines = ranges.scale(ranges.clip(self._state.poison, offset, end), LINE_SIZE)
+        latent = ranges.subtract([(s * LINE_SIZE, e * LINE_SIZE) for s, e in lines], self._precise)
+        if latent:
+            pages = sorted({p for s, e in latent for p in range(s // PAGE_SIZE, (e - 1) // PAGE_SIZE + 1)})
+
+            def tell(holder) -> None:
+                for p in pages:
+                    holder.notify_failure(p * PAGE_SIZE, PAGE_SIZE, MF_ACTION_REQUIRED)
+
+            self._commit(lambda st: _make_known(st, latent)[0], holder_report=tell)
+        bad = ranges.clip(self._bad_lines(), offset, end)
+        for s, e in bad:
+            dst[s - offset : e - offset] = bytes(e - s)
+        return [(s, e - s) for s, e in bad]
 
     # -- injection, scrub, clearing -----------------------------------------------------------
     def _check_blocks(self, block: int, count: int) -> None:

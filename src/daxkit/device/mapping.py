@@ -112,10 +112,15 @@ class DaxMapping:
         return n
 
     def read(self, offset: int, length: int) -> bytes:
-        if length < 0:
-            raise InvalidArgument(f"negative length {length}")
+        dev = self._dev
+        if dev._words[0] != dev._gen:
+            dev._sync()
+        self._check(offset, length)
+        data = _copymc.copy_mc_bytes(self._mm, offset, length)  # one copy into the result
+        if data is not None:
+            return data
         buf = bytearray(length)
-        self.readinto(buf, offset)
+        self.readinto(buf, offset)  # raises PoisonError with what could be delivered
         return bytes(buf)
 
     def write(self, offset: int, data) -> int:

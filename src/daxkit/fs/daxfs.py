@@ -25,7 +25,7 @@ import zlib
 from bisect import bisect_right
 
 from .._copymc import copy_mc_bytes
-from ..device.device import MF_MEM_PRE_REMOVE, DaxDevice
+from ..device.device import MF_MEM_PRE_REMOVE, DaxDevice, RecoveredData
 from ..device.mapping import DaxMapping
 from ..errors import (
     Busy,
@@ -42,6 +42,7 @@ from . import layout
 from .layout import FormatError, Geometry, Superblock
 from .meta import ROOT, Inode, Meta, check_name
 
+RWF_RECOVERY_DATA = 0x20  # the flag proposed for preadv2 in the kernel's recovery-read series
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
@@ -595,6 +596,22 @@ class DaxFS:
         got = iomap_read(self.dev, memoryview(buf), node.segments(off, n))
         return bytes(buf) if got == n else bytes(buf[:got])
 
+    def _read_recover(self, ino: int, n: int, off: int) -> RecoveredData:
+        """The recovery read of a file (SPEC 4): clean bytes, zeroes where bad, bad ranges in
+        file offsets.  Holes are zeroes and never bad."""
+        node = self._inode(ino)
+        n = max(0, min(n, node.size - off))
+        out = bytearray(n)
+        bad: ranges.Intervals = []
+        pos = 0
+        view = memoryview(out)
+        for dev_off, length in node.segments(off, n):
+            if dev_off is not None:
+                for s, k in self.dev.read_recover_into(view[pos : pos + length], dev_off):
+                    bad = ranges.add(bad, off + pos + s - dev_off, off + pos + s - dev_off + k)
+            pos += length
+        return RecoveredData(out, [(s, e - s) for s, e in bad])
+
     def _write(self, ino: int, data: memoryview, off: int) -> int:
         node = self._inode(ino)
         n = data.nbytes
@@ -892,12 +909,14 @@ class DaxFile:
                     return data
             return fs._read(self.ino, n, off)
 
-    def _pread_checked(self, n: int, off: int, flags: int) -> bytes:
-        if flags:
+    def _pread_checked(self, n: int, off: int, flags: int):
+        if flags & ~RWF_RECOVERY_DATA:
             raise InvalidArgument(f"unsupported pread flags {flags:#x}")
         if n < 0 or off < 0:
             raise InvalidArgument(f"pread: n={n} offset={off}")
         self._ready(read=True)
+        if flags & RWF_RECOVERY_DATA:
+            return self._fs._read_recover(self.ino, n, off)
         return self._fs._read(self.ino, n, off)
 
     def pwrite(self, data, off: int) -> int:
