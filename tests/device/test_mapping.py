@@ -107,9 +107,35 @@ def test_recover_clears_and_maps_back(dev):
     assert dev.badblocks.text() == "" and dev.poisoned_ranges() == [] and m.bad_ranges() == []
     assert bytes(m.buf[P : 2 * P]) == new  # the raw mapping works again
     with pytest.raises(ValueError):
-        m.recover(10, b"x" * P)
-    with pytest.raises(ValueError):
-        m.recover(0, b"x" * 100)
+        m.recover(4 * P - 10, b"x" * 100)  # past the mapping
+
+
+def test_subpage_recover_keeps_uncovered_bad_lines_as_software_poison(dev):
+    """SPEC 4: a write over part of a poisoned page succeeds; the clean lines are recovered,
+    the lines it covers whole are clean, the others stay reported bad -- never invented."""
+    old = bytes(range(256)) * 16
+    dev.pwrite(old, P)
+    m = dev.map(0, 4 * P)
+    dev.inject_poison(P + 128, 64)  # line A: will be covered whole
+    dev.inject_poison(P + 1024, 64)  # line B: covered in part
+    dev.inject_poison(P + 3000, 1)  # line C (2944..3008): not covered
+    assert m.recover(P + 100, b"\xee" * 960) == 960  # bytes 100..1060 of the page
+    assert dev.poisoned_ranges() == []  # the medium is clear
+    assert m.bad_ranges() == [(P + 1024, 64), (P + 2944, 64)]  # B and C stay reported bad
+    assert dev.badblocks.check((P + 1024) // 512, 1).status == 1  # and the block path refuses them
+    got = dev.read_recover(P, P)
+    want = bytearray(old)
+    want[100:1060] = b"\xee" * 960
+    want[1024:1088] = bytes(64)
+    want[2944:3008] = bytes(64)
+    assert got.data == want and got.bad == [(P + 1024, 64), (P + 2944, 64)]
+    with pytest.raises(daxkit.PoisonError) as ei:
+        m.read(P + 1060, 100)  # the uncovered part of line B is not invented
+    assert ei.value.offset == P + 1024 and ei.value.done == 0
+    assert m.read(P + 128, 64) == b"\xee" * 64  # line A is clean again
+    assert m.recover(P + 1024, b"\x01" * 64) == 64 and m.recover(P + 2944, b"\x02" * 64) == 64
+    assert m.bad_ranges() == [] and dev.badblocks.text() == ""
+    assert bytes(m.buf[P + 2944 : P + 3008]) == b"\x02" * 64  # mapped back in
 
 
 def test_on_poison_called_by_scrub(dev):

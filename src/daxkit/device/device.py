@@ -390,6 +390,27 @@ class DaxDevice:
         self._store(data, start)
         self._commit(lambda st: _forget_known(st, start, end))
 
+    def _recover_subpage(self, offset: int, data: memoryview) -> list[tuple[int, int]]:
+        """Sub-page recovery write (SPEC 4).  The pages touched are cleared and rewritten with
+        ``data`` over every clean line recovered from the old contents.  A bad line the write
+        does not cover whole stays reported bad -- as software poison: known, with no poison left
+        on the medium -- so the write never invents data.  Returns those lines."""
+        n = data.nbytes
+        self._check_range(offset, n)
+        first, last = align_down(offset, PAGE_SIZE), align_up(offset + n, PAGE_SIZE)
+        pages = bytearray(last - first)
+        bad = self.read_recover_into(pages, first)  # clean lines; latent poison becomes known
+        pages[offset - first : offset - first + n] = data
+        kept: ranges.Intervals = []
+        for s, length in bad:
+            for line in range(align_down(s, LINE_SIZE), s + length, LINE_SIZE):
+                if not (offset <= line and line + LINE_SIZE <= offset + n):
+                    kept = ranges.add(kept, line, line + LINE_SIZE)
+        self._commit(lambda st: _clear_medium(st, first, last))
+        self._store(memoryview(pages), first)
+        self._commit(lambda st: _make_known(_forget_known(st, first, last), kept)[0])
+        return [(s, e - s) for s, e in kept]
+
     def zero_page_range(self, pgoff: int, nr_pages: int) -> None:
         if nr_pages != 1:
             raise MediaError(f"zero_page_range: only one page at a time (asked {nr_pages})")

@@ -152,17 +152,18 @@ class DaxMapping:
         return n
 
     def recover(self, offset: int, data) -> int:
-        """Rewrite whole pages in place: clear their poison, store ``data``, map them back in."""
+        """Rewrite in place and clear poison.  Whole pages are cleared, rewritten and mapped back
+        in.  A write that covers part of a page (SPEC 4) rewrites the page with the new bytes over
+        its recovered clean lines; bad lines it does not cover whole stay reported bad."""
         src = memoryview(data).cast("B")
         n = src.nbytes
         self._check(offset, n)
-        if offset % PAGE_SIZE or n % PAGE_SIZE:
-            raise InvalidArgument(
-                f"recover needs page-aligned offset and length (got offset={offset} length={n}); "
-                "sub-page recovery is a recovery-path feature (SPEC 4)"
-            )
         for moff, doff, k in self._split(offset, n):
-            self._dev._rewrite_pages(doff, src[moff - offset : moff - offset + k])
+            piece = src[moff - offset : moff - offset + k]
+            if doff % PAGE_SIZE == 0 and k % PAGE_SIZE == 0:
+                self._dev._rewrite_pages(doff, piece)
+            else:
+                self._dev._recover_subpage(doff, piece)
         return n
 
     def bad_ranges(self) -> list[tuple[int, int]]:
