@@ -701,7 +701,7 @@ class DaxDevice:
                 if progress is not None:
                     progress(end, self.size)
             found = ranges.union([], found)
-            known_before = self._known
+            known_before = self._precise
             report = ScrubReport(bytes_scanned=self.size)
 
             def change(st: ErrorState) -> ErrorState:
