@@ -477,20 +477,20 @@ class DaxFS:
             if old is not None:
                 self._release(old, freed)
 
-    def chmod(self, path: str, mode: int) -> None:
+    def _update(self, path: str, change) -> None:
+        """One inode's attributes changed by ``change(node)`` on a copy, committed."""
         with self._lock:
             self._check(write=True)
             node = self._resolve(path).copy()
-            node.mode, node.ctime = mode & 0o7777, time.time()
-            self._commit([["i", node.ino, node.to_json()]])
-
-    def utime(self, path: str, mtime: float | None = None) -> None:
-        with self._lock:
-            self._check(write=True)
-            node = self._resolve(path).copy()
-            node.mtime = time.time() if mtime is None else float(mtime)
+            change(node)
             node.ctime = time.time()
             self._commit([["i", node.ino, node.to_json()]])
+
+    def chmod(self, path: str, mode: int) -> None:
+        self._update(path, lambda node: setattr(node, "mode", mode & 0o7777))
+
+    def utime(self, path: str, mtime: float | None = None) -> None:
+        self._update(path, lambda node: setattr(node, "mtime", time.time() if mtime is None else float(mtime)))
 
     def statfs(self) -> dict:
         with self._lock:
