@@ -490,7 +490,8 @@ class DaxFS:
         self._update(path, lambda node: setattr(node, "mode", mode & 0o7777))
 
     def utime(self, path: str, mtime: float | None = None) -> None:
-        self._update(path, lambda node: setattr(node, "mtime", time.time() if mtime is None else float(mtime)))
+        when = time.time() if mtime is None else float(mtime)
+        self._update(path, lambda node: setattr(node, "mtime", when))
 
     def statfs(self) -> dict:
         with self._lock:
