@@ -154,3 +154,24 @@ def test_no_valid_record_is_mistaken_for_a_torn_tail():
     log[20] ^= 4  # the header damaged after commit
     recs, tail, problems = layout.scan_log(bytes(log), 3)
     assert recs == [] and problems and "damaged" in problems[0]
+
+
+def test_a_wiped_middle_record_is_damage_not_a_tail():
+    """A committed record zeroed whole (what clear-errors does to a poisoned log page) must not
+    make replay stop quietly before the committed records after it."""
+    log = bytearray(P)
+    pos = 0
+    for seq in (1, 2, 3):
+        rec, w1, w2 = layout.encode_record(5, seq, [["n", 10 + seq]])
+        word = layout.commit_word(5, seq)
+        rec = bytearray(rec)
+        rec[w1 : w1 + 8] = word
+        rec[w2 : w2 + 8] = word
+        log[pos : pos + len(rec)] = rec
+        if seq == 2:
+            wiped = (pos, pos + len(rec))
+        pos += len(rec)
+    assert len(layout.scan_log(bytes(log), 5)[0]) == 3
+    log[wiped[0] : wiped[1]] = bytes(wiped[1] - wiped[0])
+    recs, tail, problems = layout.scan_log(bytes(log), 5)
+    assert len(recs) == 1 and problems and "follows an unreadable record 2" in problems[0]

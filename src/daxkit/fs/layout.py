@@ -209,4 +209,29 @@ def scan_log(log: bytes, epoch: int, notes: list[str] | None = None) -> tuple[li
         if c1 == word:
             problems.append(f"metadata log damaged: committed record {expect} of epoch {epoch} at byte {pos}")
         break
+    if not problems:
+        later = _committed_after(log, pos, epoch, expect)
+        if later is not None:
+            problems.append(
+                f"metadata log damaged at byte {pos}: committed record {later} of epoch {epoch} "
+                f"follows an unreadable record {expect}"
+            )
     return out, pos, problems
+
+
+def _committed_after(log: bytes, pos: int, epoch: int, expect: int) -> int | None:
+    """The seq of a committed record of ``epoch`` beyond the tail, if any.  Appends are
+    sequential, so none can exist after a crash: finding one means a record before it was lost
+    (a wiped page, say), and replaying only up to the tail would drop committed operations."""
+    magic = struct.pack("<I", REC_MAGIC)
+    probe = log.find(magic, pos)
+    while probe >= 0:
+        start = probe - _WORD.size  # the header follows the first commit word
+        if start >= pos and start % REC_ALIGN == 0:
+            got = _record_at(log, start)
+            if got is not None and got[0] == epoch and got[1] >= expect:
+                word = commit_word(epoch, got[1])
+                if log[start : start + _WORD.size] == word or log[got[3] - _WORD.size : got[3]] == word:
+                    return got[1]
+        probe = log.find(magic, probe + 1)
+    return None
