@@ -79,6 +79,8 @@ def test_rename(fs):
     write_file(fs, "/file", b"")
     assert err(lambda: fs.rename("/file", "/a")) == errno.EISDIR
     assert err(lambda: fs.rename("/a", "/file")) == errno.ENOTDIR
+    write_file(fs, "/a/b/deep", b"")
+    assert err(lambda: fs.rename("/a/b/deep", "/a")) == errno.ENOTEMPTY  # onto an ancestor, as Linux
     assert daxkit.fsck(fs.dev)["clean"]
 
 

@@ -448,6 +448,12 @@ class DaxFS:
             muts: list = [["d", sp.ino, sname, None], ["d", dp.ino, dname, ino]]
             freed: list = []
             old = dp.ents.get(dname)
+            if old is not None and self.meta.inodes[old].is_dir:
+                # do_renameat2: a target that is an ancestor of the source is ENOTEMPTY,
+                # checked before any type rule
+                paths = self.meta.paths()
+                if sp.ino == old or paths.get(sp.ino, "").startswith(paths[old].rstrip("/") + "/"):
+                    raise _fs_error(errno.ENOTEMPTY, f"{dst}: is an ancestor of {src}")
             if old is not None:
                 onode = self.meta.inodes[old]
                 if onode.is_dir != node.is_dir:
