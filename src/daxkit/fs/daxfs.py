@@ -398,14 +398,19 @@ class DaxFS:
                 ]
             )
 
+    def _entry(self, path: str) -> tuple[Inode, str, Inode]:
+        """(parent, name, inode) of an existing entry; ENOENT otherwise."""
+        parent, name = self._parent(path)
+        ino = parent.ents.get(name)
+        if ino is None:
+            raise _fs_error(errno.ENOENT, f"{path}: no such file or directory")
+        return parent, name, self.meta.inodes[ino]
+
     def rmdir(self, path: str) -> None:
         with self._lock:
             self._check(write=True)
-            parent, name = self._parent(path)
-            ino = parent.ents.get(name)
-            if ino is None:
-                raise _fs_error(errno.ENOENT, f"{path}: no such directory")
-            node = self.meta.inodes[ino]
+            parent, name, node = self._entry(path)
+            ino = node.ino
             if not node.is_dir:
                 raise _fs_error(errno.ENOTDIR, f"{path}: not a directory")
             if node.ents:
@@ -418,11 +423,8 @@ class DaxFS:
     def unlink(self, path: str) -> None:
         with self._lock:
             self._check(write=True)
-            parent, name = self._parent(path)
-            ino = parent.ents.get(name)
-            if ino is None:
-                raise _fs_error(errno.ENOENT, f"{path}: no such file")
-            node = self.meta.inodes[ino]
+            parent, name, node = self._entry(path)
+            ino = node.ino
             if node.is_dir:
                 raise _fs_error(errno.EISDIR, f"{path}: is a directory")
             freed = [(db, cnt) for _, db, cnt in node.ext]

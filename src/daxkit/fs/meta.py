@@ -110,15 +110,6 @@ class Inode:
             self._starts = [e[0] for e in self.ext]
         return self._starts
 
-    def extent_at(self, fblk: int) -> list[int] | None:
-        """The extent mapping file block ``fblk``, or None (a hole)."""
-        i = bisect_right(self.starts(), fblk) - 1
-        if i >= 0:
-            e = self.ext[i]
-            if fblk < e[0] + e[2]:
-                return e
-        return None
-
     def segments(self, off: int, n: int) -> list[tuple[int | None, int]]:
         """(device byte offset or None for a hole, length) covering [off, off+n) in order."""
         out: list[tuple[int | None, int]] = []
