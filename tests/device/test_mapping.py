@@ -54,6 +54,8 @@ def test_safe_read_delivers_clean_lines_then_poisonerror(dev):
     data = bytes(range(256)) * 16 * 4
     dev.pwrite(data, 0)
     m = dev.map(0, 4 * P)
+    heard = []
+    m.on_poison = lambda off, n: heard.append((off, n))
     dev.inject_poison(2 * P + 640, 64)
     buf = bytearray(3 * P)
     with pytest.raises(daxkit.PoisonError) as ei:
@@ -61,8 +63,8 @@ def test_safe_read_delivers_clean_lines_then_poisonerror(dev):
     e = ei.value
     assert (e.offset, e.length, e.done, e.errno) == (2 * P + 640, 64, 2 * P + 640, errno.EIO)
     assert bytes(buf[: e.done]) == data[: e.done]
-    # consumption: the line is known now, and the next read fails at once, same fields
-    assert m.bad_ranges() == [(2 * P + 640, 64)]
+    # consumption: the line is known now, on_poison heard it, and the next read fails at once
+    assert m.bad_ranges() == [(2 * P + 640, 64)] and heard == [(2 * P + 640, 64)]
     with pytest.raises(daxkit.PoisonError) as ei2:
         m.read(2 * P + 100, 1000)
     assert (ei2.value.offset, ei2.value.done) == (2 * P + 640, 540)
