@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 import textwrap
@@ -61,10 +60,3 @@ def file_digest(path: str) -> bytes:
 
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).digest()
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_env(monkeypatch):
-    monkeypatch.delenv("DAXKIT_BENCHMARKS", raising=False)
-    yield
-    assert not [p for p in os.listdir("/tmp") if p.endswith(".tmp-" + str(os.getpid()))]

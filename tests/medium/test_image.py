@@ -28,6 +28,17 @@ def test_create_and_reopen(img):
     assert os.path.getsize(img) == imagemod.DATA_OFFSET + 4 * MiB
 
 
+def test_create_leaves_only_the_image_behind(tmp_path):
+    """The image is built beside its name and renamed in: no partial file, no leftovers."""
+    path = str(tmp_path / "dev.img")
+    daxkit.create(path, "1M").close()
+    daxkit.create(path, "2M", force=True).close()
+    with pytest.raises(InvalidArgument):
+        daxkit.create(str(tmp_path / "bad.img"), 1000)
+    assert os.listdir(tmp_path) == ["dev.img"]
+    assert daxkit.open(path).size == 2 * MiB
+
+
 @pytest.mark.parametrize("size", [0, 1000, -4096, "12Q"])
 def test_bad_sizes(img, size):
     with pytest.raises(InvalidArgument):
