@@ -957,11 +957,31 @@ class DaxFile:
             self._dirty = True
             return fs._write(self.ino, memoryview(data).cast("B"), off)
 
+    def pread_exact(self, n: int, off: int) -> bytes:
+        """Every byte of [off, off+n) up to the end of the file, or an error: a short count
+        from pread means the rest is bad (latent poison just made known), so the next pread of
+        the rest raises EIO instead of passing a short file off as whole.  Every reader that
+        wants a whole range (the CLI's get, the FUSE read handler) reads through this."""
+        first = self.pread(n, off)
+        if len(first) == n or not first:
+            return first
+        parts, got = [first], len(first)
+        while got < n:
+            more = self.pread(n - got, off + got)  # raises EIO at the bad line
+            if not more:
+                break  # end of file (the file shrank)
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
     def read(self, n: int = -1) -> bytes:
+        """Like a file's read: ``n < 0`` reads to the end of the file, every byte or an error."""
         with self._fs._lock:
             if n < 0:
                 n = max(0, self._fs._inode(self.ino).size - self._pos)
-            data = self.pread(n, self._pos)
+                data = self.pread_exact(n, self._pos)
+            else:
+                data = self.pread(n, self._pos)
             self._pos += len(data)
             return data
 
