@@ -157,4 +157,4 @@ def test_allocation_wraps_around_and_never_hands_out_a_block_twice(fs):
     with pytest.raises(daxkit.NoSpace):
         fs._alloc(1, 0)
     fs._unalloc(got + rest)
-    assert fs.statfs()["blocks_free"] == total
+    assert fs.statfs()["f_bfree"] == total

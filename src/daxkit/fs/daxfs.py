@@ -17,6 +17,7 @@ Rules
 from __future__ import annotations
 
 import errno
+import math
 import os
 import threading
 import time
@@ -40,7 +41,7 @@ from ..medium import ranges
 from ..units import PAGE_SIZE, SECTOR_SIZE
 from . import layout
 from .layout import FormatError, Geometry, Superblock
-from .meta import ROOT, Inode, Meta, check_name
+from .meta import NAME_MAX, ROOT, TIME_NS_MAX, TIME_NS_MIN, Inode, Meta, check_name
 
 RWF_RECOVERY_DATA = 0x20  # the flag proposed for preadv2 in the kernel's recovery-read series
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -51,13 +52,33 @@ EFSCORRUPTED = errno.EUCLEAN  # what XFS and ext4 return for corrupted metadata
 P = PAGE_SIZE
 _SHIFT = P.bit_length() - 1
 _MASK = P - 1
-_now = time.time
+_now = time.time_ns
 
 
 class CorruptFilesystem(DaxError):
     """The metadata on the device is damaged or unreadable (EFSCORRUPTED)."""
 
     default_errno = EFSCORRUPTED
+
+
+UTIME_NOW = (1 << 30) - 1  # the kernel's tv_nsec values for utimensat(2)
+UTIME_OMIT = (1 << 30) - 2
+_INODE_COST_ESTIMATE = 64  # compressed checkpoint bytes per inode, for statfs's f_files
+
+
+def _time_ns(t, now: int, unit: str) -> int:
+    """One time for utime: UTIME_NOW/UTIME_OMIT, an int (nanoseconds, or seconds when ``unit``
+    is "s"), or a finite float; EINVAL for anything else."""
+    if unit == "ns" and type(t) is int and t in (UTIME_NOW, UTIME_OMIT):
+        return now if t == UTIME_NOW else UTIME_OMIT
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise InvalidArgument(f"utime: time must be a number, not {type(t).__name__}")
+    if isinstance(t, float) and not math.isfinite(t):
+        raise InvalidArgument(f"utime: time {t!r} is not finite")
+    ns = t if unit == "ns" and isinstance(t, int) else round(t * (1 if unit == "ns" else 10**9))
+    if not TIME_NS_MIN <= ns <= TIME_NS_MAX:
+        raise InvalidArgument(f"utime: time {t!r} is out of range")
+    return ns
 
 
 def _fs_error(code: int, message: str) -> DaxError:
@@ -193,6 +214,8 @@ class DaxFS:
         self.meta, self.sb, self.geometry = loaded.meta, loaded.sb, loaded.g
         self._tail, self._seq = loaded.tail, loaded.seq
         g = self.geometry
+        self._reserve = max(2 * P, g.ckpt_bytes // 16)  # kept for operations that shrink metadata
+        self._meta_bound = self.sb.ckpt_len + self._tail + self._tail // 4 + 64 * (self._seq - 1)
         self._free = ranges.subtract([(g.data_start, g.nblocks)], ranges.union([], self.meta.used_blocks()))
         if not readonly:
             try:
@@ -243,21 +266,34 @@ class DaxFS:
             self._ok = False
 
     # -- committing metadata ----------------------------------------------------------------------
-    def _commit(self, muts: list) -> None:
-        """One operation: the record is in the log (or in a new checkpoint) when this returns."""
+    def _commit(self, muts: list, *, use_reserve: bool = False) -> None:
+        """One operation: the record is in the log (or in a new checkpoint) when this returns.
+
+        Space: the metadata must always fit a checkpoint, or a full log could never be folded
+        and the filesystem would wedge.  ``_meta_bound`` is an upper bound on the compressed
+        size of the current metadata (the last checkpoint plus every record logged since, with
+        slack); while it stays under the checkpoint area less a reserve, nothing needs
+        checking.  Operations that do not grow the metadata (deletes, shrinking truncates,
+        renames, attribute updates) pass ``use_reserve`` and may use the reserve, so a full
+        filesystem can always be emptied; the rest get ENOSPC when even a fresh checkpoint
+        would not leave the reserve free."""
         undo = self.meta.apply(muts)
         try:
+            g = self.geometry
             rec, w1, w2 = layout.encode_record(self.sb.epoch, self._seq, muts)
-            if self._tail + len(rec) > self.geometry.log_bytes:
-                self._checkpoint()
+            limit = g.ckpt_bytes - (0 if use_reserve else self._reserve)
+            cost = len(rec) + len(rec) // 4 + 64
+            if self._tail + len(rec) > g.log_bytes or self._meta_bound + cost > limit:
+                self._checkpoint(limit)
             else:
-                base = self.geometry.log_start * P + self._tail
+                base = g.log_start * P + self._tail
                 word = layout.commit_word(self.sb.epoch, self._seq)
                 _meta_write(self.dev, base, rec)  # the record, both commit words still zero
                 _meta_write(self.dev, base + w1, word)  # committed from here on
                 _meta_write(self.dev, base + w2, word)  # the second copy survives a flipped first
                 self._tail += len(rec)
                 self._seq += 1
+                self._meta_bound += cost
         except MediaError as e:
             self.meta.undo(undo)
             self._shut(f"metadata write failed: {e}")
@@ -268,16 +304,21 @@ class DaxFS:
             self.meta.undo(undo)
             raise
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, limit: int | None = None) -> None:
         g, sb = self.geometry, self.sb
         raw = layout.encode_checkpoint(self.meta.checkpoint_doc())
-        if len(raw) > g.ckpt_bytes:
-            raise NoSpace(f"metadata ({len(raw)} bytes compressed) no longer fits its area ({g.ckpt_bytes})")
+        limit = g.ckpt_bytes if limit is None else limit
+        if len(raw) > limit:
+            raise NoSpace(
+                f"metadata area full: the metadata would take {len(raw)} bytes compressed, "
+                f"{limit} are available to this operation"
+            )
         area = 1 - sb.area
         _meta_write(self.dev, g.ckpt_start(area) * P, _pad(raw))
         new = Superblock(sb.sb_seq + 1, sb.epoch + 1, area, len(raw), zlib.crc32(raw), g, sb.uuid)
         _meta_write(self.dev, (new.sb_seq % 2) * P, new.encode())  # the commit point
         self.sb, self._tail, self._seq = new, 0, 1
+        self._meta_bound = len(raw)
 
     def sync(self) -> None:
         """Write a checkpoint now (shortens the next mount's replay)."""
@@ -294,7 +335,11 @@ class DaxFS:
     def _parts(path: str) -> list[str]:
         if not isinstance(path, str):
             raise InvalidArgument(f"path must be a str, not {type(path).__name__}")
-        return [p for p in path.split("/") if p and p != "."]
+        parts = [p for p in path.split("/") if p and p != "."]
+        for p in parts:  # every path operation, lookups included (the VFS checks in lookup)
+            if len(p) > NAME_MAX // 4 and len(p.encode("utf-8", "surrogatepass")) > NAME_MAX:
+                raise _fs_error(errno.ENAMETOOLONG, f"{path}: a name is longer than {NAME_MAX} bytes")
+        return parts
 
     def _resolve(self, path: str) -> Inode:
         node = self.meta.inodes[ROOT]
@@ -349,25 +394,13 @@ class DaxFS:
 
     def _stat(self, node: Inode) -> os.stat_result:
         blocks = node.blocks() * (P // 512)
-        seq = (
-            node.st_mode(),
-            node.ino,
-            0,
-            node.nlink,
-            0,
-            0,
-            node.size,
-            int(node.mtime),
-            int(node.mtime),
-            int(node.ctime),
-        )
+        a, m, c = node.atime, node.mtime, node.ctime
+        seq = (node.st_mode(), node.ino, 0, node.nlink, 0, 0, node.size, a // 10**9, m // 10**9, c // 10**9)
         extra = {
-            "st_atime": node.mtime,
-            "st_mtime": node.mtime,
-            "st_ctime": node.ctime,
-            "st_blocks": blocks,
-            "st_blksize": P,
-        }
+            "st_atime": a / 1e9, "st_mtime": m / 1e9, "st_ctime": c / 1e9,
+            "st_atime_ns": a, "st_mtime_ns": m, "st_ctime_ns": c,
+            "st_blocks": blocks, "st_blksize": P,
+        }  # fmt: skip
         return os.stat_result(seq, extra)
 
     def listdir(self, path: str = "/") -> list[str]:
@@ -384,7 +417,7 @@ class DaxFS:
             parent, name = self._parent(path)
             if name in parent.ents:
                 raise _fs_error(errno.EEXIST, f"{path}: exists")
-            ino, now = self.meta.next_ino, time.time()
+            ino, now = self.meta.next_ino, time.time_ns()
             node = Inode(ino, "d", mode, now)
             p2 = parent.copy()
             p2.nlink += 1
@@ -417,8 +450,10 @@ class DaxFS:
                 raise _fs_error(errno.ENOTEMPTY, f"{path}: directory not empty")
             p2 = parent.copy()
             p2.nlink -= 1
-            p2.mtime = p2.ctime = time.time()
-            self._commit([["d", parent.ino, name, None], ["i", ino, None], ["i", p2.ino, p2.to_json()]])
+            p2.mtime = p2.ctime = time.time_ns()
+            self._commit(
+                [["d", parent.ino, name, None], ["i", ino, None], ["i", p2.ino, p2.to_json()]], use_reserve=True
+            )
 
     def unlink(self, path: str) -> None:
         with self._lock:
@@ -428,7 +463,10 @@ class DaxFS:
             if node.is_dir:
                 raise _fs_error(errno.EISDIR, f"{path}: is a directory")
             freed = [(db, cnt) for _, db, cnt in node.ext]
-            self._commit([["d", parent.ino, name, None], ["i", ino, None], self._touch(parent, time.time())])
+            self._commit(
+                [["d", parent.ino, name, None], ["i", ino, None], self._touch(parent, time.time_ns())],
+                use_reserve=True,
+            )
             self._release(ino, freed)
 
     def rename(self, src: str, dst: str) -> None:
@@ -446,7 +484,7 @@ class DaxFS:
                     raise InvalidArgument(f"cannot move {src} under itself ({dst})")
             if sp.ino == dp.ino and sname == dname:
                 return
-            now = time.time()
+            now = time.time_ns()
             muts: list = [["d", sp.ino, sname, None], ["d", dp.ino, dname, ino]]
             freed: list = []
             old = dp.ents.get(dname)
@@ -481,7 +519,7 @@ class DaxFS:
                     if old is None:
                         dp2.nlink += 1
                 muts += [["i", sp2.ino, sp2.to_json()], ["i", dp2.ino, dp2.to_json()]]
-            self._commit(muts)
+            self._commit(muts, use_reserve=old is not None or len(dname) <= len(sname))
             if old is not None:
                 self._release(old, freed)
 
@@ -491,27 +529,47 @@ class DaxFS:
             self._check(write=True)
             node = self._resolve(path).copy()
             change(node)
-            node.ctime = time.time()
-            self._commit([["i", node.ino, node.to_json()]])
+            node.ctime = time.time_ns()
+            self._commit([["i", node.ino, node.to_json()]], use_reserve=True)
 
     def chmod(self, path: str, mode: int) -> None:
         self._update(path, lambda node: setattr(node, "mode", mode & 0o7777))
 
-    def utime(self, path: str, mtime: float | None = None) -> None:
-        when = time.time() if mtime is None else float(mtime)
-        self._update(path, lambda node: setattr(node, "mtime", when))
+    def utime(self, path: str, times=None) -> None:
+        """Set atime and mtime (ctime moves to now), as utimensat(2) does.  ``times`` is
+        ``(atime_ns, mtime_ns)`` in integer nanoseconds, either of which may be ``UTIME_NOW`` or
+        ``UTIME_OMIT``; None sets both to now; a bare number is the mtime in seconds.  A time that
+        is not a finite number a 64-bit nanosecond count can hold is EINVAL."""
+        now = time.time_ns()
+        if times is None:
+            atime, mtime = now, now
+        elif isinstance(times, (tuple, list)) and len(times) == 2:
+            atime, mtime = (_time_ns(t, now, "ns") for t in times)
+        else:
+            atime, mtime = UTIME_OMIT, _time_ns(times, now, "s")
+
+        def change(node: Inode) -> None:
+            if atime != UTIME_OMIT:
+                node.atime = atime
+            if mtime != UTIME_OMIT:
+                node.mtime = mtime
+
+        self._update(path, change)
 
     def statfs(self) -> dict:
+        """os.statvfs-shaped (SPEC 4.2): blocks of the data area; files are bounded by the
+        metadata area, so f_ffree is an estimate of the inodes that still fit."""
         with self._lock:
             self._check()
             g = self.geometry
+            free = ranges.total(self._free)
+            used = len(self.meta.inodes)
+            room = max(0, g.ckpt_bytes - self._reserve) // _INODE_COST_ESTIMATE
             return {
-                "block_size": P,
-                "blocks": g.nblocks - g.data_start,
-                "blocks_free": ranges.total(self._free),
-                "files": len(self.meta.inodes),
-                "name_max": 255,
-            }
+                "f_bsize": P, "f_frsize": P, "f_blocks": g.nblocks - g.data_start, "f_bfree": free,
+                "f_bavail": free, "f_files": max(used, room), "f_ffree": max(0, room - used),
+                "f_favail": max(0, room - used), "f_flag": 1 if self.readonly else 0, "f_namemax": NAME_MAX,
+            }  # fmt: skip
 
     # -- files -------------------------------------------------------------------------------------
     def open(self, path: str, mode: str = "r") -> DaxFile:
@@ -541,7 +599,7 @@ class DaxFS:
         parent, name = self._parent(path)
         if name in parent.ents:
             raise _fs_error(errno.EEXIST, f"{path}: exists")
-        ino, now = self.meta.next_ino, time.time()
+        ino, now = self.meta.next_ino, time.time_ns()
         node = Inode(ino, "f", mode, now)
         self._commit(
             [
@@ -626,13 +684,12 @@ class DaxFS:
         n = data.nbytes
         if n == 0:
             return 0
-        if off + n > self.dev.size * 64:
-            raise _fs_error(errno.EFBIG, f"write past {self.dev.size * 64} bytes")
+        self._check_size(off + n, "write")
         first, last = off // P, (off + n + P - 1) // P
         holes = node.holes(first, last)
         if not holes:  # the fast path: an overwrite in place, no metadata unless the size grows
             done = iomap_write(self.dev, data, node.segments(off, n))
-            node.mtime = time.time()
+            node.mtime = time.time_ns()
             if off + done > node.size:
                 self._set_size(node, off + done)
             return done
@@ -676,7 +733,7 @@ class DaxFS:
             written += got
             if got < length:
                 break
-        now = time.time()
+        now = time.time_ns()
         tmp.mtime = tmp.ctime = now
         tmp.size = max(tmp.size, off + written)
         try:
@@ -691,12 +748,20 @@ class DaxFS:
     def _set_size(self, node: Inode, size: int) -> None:
         tmp = node.copy()
         tmp.size = size
-        tmp.mtime = tmp.ctime = time.time()
+        tmp.mtime = tmp.ctime = time.time_ns()
         self._commit([["i", tmp.ino, tmp.to_json()]])
 
+    def _check_size(self, size: int, what: str) -> None:
+        """SPEC 3: sizes up to the device; past it is EFBIG (as a size past s_maxbytes)."""
+        if size > self.dev.size:
+            raise _fs_error(errno.EFBIG, f"{what}: {size} bytes is past the largest file ({self.dev.size} bytes)")
+
     def _truncate(self, ino: int, size: int) -> None:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise InvalidArgument(f"truncate: size must be an int, not {type(size).__name__}")
         if size < 0:
             raise InvalidArgument(f"negative size {size}")
+        self._check_size(size, "truncate")
         node = self._inode(ino)
         tmp = node.copy()
         freed = tmp.cut((size + P - 1) // P, 1 << 62) if size < node.size or node.ext else []
@@ -708,13 +773,14 @@ class DaxFS:
                 except MediaError:
                     pass  # a poisoned tail stays reported bad; it is never read as data
         tmp.size = size
-        tmp.mtime = tmp.ctime = time.time()
-        self._commit([["i", ino, tmp.to_json()]])
+        tmp.mtime = tmp.ctime = time.time_ns()
+        self._commit([["i", ino, tmp.to_json()]], use_reserve=size <= node.size)
         self._release(ino, freed)
 
     def _fallocate(self, ino: int, mode: int, off: int, length: int) -> None:
         if off < 0 or length <= 0:
             raise InvalidArgument(f"fallocate: offset={off} length={length}")
+        self._check_size(off + length, "fallocate")
         known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
         if mode & ~known or (mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE):
             raise _fs_error(errno.EOPNOTSUPP, f"fallocate mode {mode:#x} is not supported")
@@ -725,8 +791,8 @@ class DaxFS:
             tmp = node.copy()
             freed = tmp.cut((off + P - 1) // P, end // P)
             if freed:
-                tmp.mtime = tmp.ctime = time.time()
-                self._commit([["i", ino, tmp.to_json()]])
+                tmp.mtime = tmp.ctime = time.time_ns()
+                self._commit([["i", ino, tmp.to_json()]], use_reserve=True)
                 self._release(ino, freed)
             return
         if mode & FALLOC_FL_ZERO_RANGE:
@@ -1021,7 +1087,7 @@ class DaxFile:
             self._ready()
             if self._dirty:
                 node = self._fs._inode(self.ino)
-                self._fs._commit([["i", node.ino, node.to_json()]])
+                self._fs._commit([["i", node.ino, node.to_json()]], use_reserve=True)
                 self._dirty = False
 
     def stat(self) -> os.stat_result:

@@ -13,6 +13,7 @@ Rules
 
 from __future__ import annotations
 
+import math
 import stat as _stat
 import time
 from bisect import bisect_right
@@ -32,24 +33,43 @@ def check_name(name: str) -> str | None:
         return f"reserved name {name!r}"
     if "/" in name or "\0" in name:
         return f"name {name!r} contains '/' or NUL"
-    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+    try:
+        size = len(name.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return f"name {name!r} is not valid UTF-8 (a lone surrogate)"
+    if size > NAME_MAX:
         return f"name longer than {NAME_MAX} bytes"
     return None
 
 
-def _int(v, what: str, lo: int = 0) -> int:
-    if type(v) is not int or v < lo:
+MAX_FILE_SIZE = (1 << 63) - 1  # loff_t: no size on the device may exceed it
+TIME_NS_MIN, TIME_NS_MAX = -(1 << 63), (1 << 63) - 1  # what a signed 64-bit nanosecond count holds
+
+
+def _int(v, what: str, lo: int = 0, hi: int | None = None) -> int:
+    if type(v) is not int or v < lo or (hi is not None and v > hi):
         raise FormatError(f"bad {what}: {v!r}")
     return v
 
 
-class Inode:
-    __slots__ = ("ino", "kind", "size", "mode", "mtime", "ctime", "nlink", "ext", "ents", "_starts")
+def _time(v, ino: int) -> int:
+    """A stored time: int nanoseconds, or float seconds from an older image."""
+    if type(v) is float and math.isfinite(v):
+        v = round(v * 1e9)
+    if type(v) is not int or not TIME_NS_MIN <= v <= TIME_NS_MAX:
+        raise FormatError(f"inode {ino}: bad time {v!r}")
+    return v
 
-    def __init__(self, ino: int, kind: str, mode: int, now: float | None = None):
-        t = time.time() if now is None else now
+
+class Inode:
+    # Times are integer nanoseconds since the epoch (the on-device form too; an image written
+    # before that holds float seconds, read as such).
+    __slots__ = ("ino", "kind", "size", "mode", "atime", "mtime", "ctime", "nlink", "ext", "ents", "_starts")
+
+    def __init__(self, ino: int, kind: str, mode: int, now: int | None = None):
+        t = time.time_ns() if now is None else now
         self.ino, self.kind, self.size, self.mode = ino, kind, 0, mode
-        self.mtime = self.ctime = t
+        self.atime = self.mtime = self.ctime = t
         self.nlink = 2 if kind == "d" else 1
         self.ext: list[list[int]] = []  # [file block, device block, count], sorted by file block
         self.ents: dict[str, int] | None = {} if kind == "d" else None
@@ -68,6 +88,7 @@ class Inode:
             "k": self.kind,
             "s": self.size,
             "m": self.mode,
+            "a": self.atime,
             "t": self.mtime,
             "c": self.ctime,
             "l": self.nlink,
@@ -80,13 +101,11 @@ class Inode:
     def from_json(cls, ino: int, d) -> Inode:
         if not isinstance(d, dict) or d.get("k") not in ("d", "f"):
             raise FormatError(f"inode {ino}: not an inode")
-        node = cls(ino, d["k"], _int(d.get("m"), f"inode {ino} mode"), 0.0)
-        node.size = _int(d.get("s"), f"inode {ino} size")
+        node = cls(ino, d["k"], _int(d.get("m"), f"inode {ino} mode"), 0)
+        node.size = _int(d.get("s"), f"inode {ino} size", 0, MAX_FILE_SIZE)
         node.nlink = _int(d.get("l"), f"inode {ino} link count")
-        for key in ("t", "c"):
-            if not isinstance(d.get(key), (int, float)):
-                raise FormatError(f"inode {ino}: bad time")
-        node.mtime, node.ctime = float(d["t"]), float(d["c"])
+        node.mtime, node.ctime = _time(d.get("t"), ino), _time(d.get("c"), ino)
+        node.atime = _time(d["a"], ino) if "a" in d else node.mtime
         ext = d.get("e", [])
         if not isinstance(ext, list) or (ext and node.is_dir):
             raise FormatError(f"inode {ino}: bad extent list")
