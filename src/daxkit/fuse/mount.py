@@ -6,6 +6,9 @@ handler, and punch-hole through the mount is part of the contract; mfusepy has i
 Rules
   * Errors are the filesystem's errnos, unchanged: a read over known poison is EIO, an
     unaligned write over it EFAULT, a shut-down filesystem EIO.
+  * A read replies with the whole request, or fewer bytes only at end of file, or EIO: the
+    kernel takes a short reply for end of file (and may zero-fill the rest of the page), so
+    poison met mid-request must be EIO, never a short count.  Hence no direct_io/keep_cache.
   * The kernel caches file pages.  When the filesystem hears that file data was lost (a scrub in
     another process, a consumed line), the file's cached pages are invalidated, so the next
     reader asks us and gets EIO, and an mmap load of the page gets SIGBUS.  Invalidation runs on
@@ -179,7 +182,8 @@ def make_operations(fs, mfusepy):
             return self._add(self._call(fs.open, path, mode))
 
         def read(self, path, size, offset, fh):
-            return self._call(self._file(fh).pread, size, offset)
+            # The kernel takes a short reply for end of file: the whole request or EIO (SPEC 6).
+            return self._call(self._file(fh).pread_exact, size, offset)
 
         def write(self, path, data, offset, fh):
             return self._call(self._file(fh).pwrite, data, offset)
