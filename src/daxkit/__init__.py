@@ -47,12 +47,11 @@ from .fs.daxfs import (
     RWF_RECOVERY_DATA,
     UTIME_NOW,
     UTIME_OMIT,
-    CorruptFilesystem,
     DaxFile,
     DaxFS,
-    mkfs,
 )
 from .fs.fsck import fsck
+from .fs.superblock import CorruptFilesystem, mkfs
 from .medium.badblocks import BB_MAX_LEN, MAX_BADBLOCKS, Badblocks
 from .medium.image import Image, create_image
 from .units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, parse_size

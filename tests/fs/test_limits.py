@@ -155,8 +155,9 @@ def test_cli_rm_on_a_full_filesystem(tmp_path):
         with daxkit.mount(dev) as fs:
             n = _fill_with_dirs(fs)
     for i in range(0, n, max(1, n // 5)):
-        r = subprocess.run([sys.executable, "-m", "daxkit.cli.main", "rm", image, f"/dir-with-a-longish-name-{i:06d}"],
-                           capture_output=True, timeout=60)  # fmt: skip
+        name = f"/dir-with-a-longish-name-{i:06d}"
+        cmd = [sys.executable, "-m", "daxkit.cli.main", "rm", image, name]
+        r = subprocess.run(cmd, capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr
     with daxkit.open(image) as dev:
         assert daxkit.fsck(dev)["clean"]

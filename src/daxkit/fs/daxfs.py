@@ -39,28 +39,21 @@ from ..errors import (
 from ..fsdax.iomap import iomap_read, iomap_write
 from ..medium import ranges
 from ..units import PAGE_SIZE, SECTOR_SIZE
-from . import layout
-from .layout import FormatError, Geometry, Superblock
-from .meta import NAME_MAX, ROOT, TIME_NS_MAX, TIME_NS_MIN, Inode, Meta, check_name
+from . import layout, superblock
+from .layout import Superblock
+from .meta import NAME_MAX, ROOT, TIME_NS_MAX, TIME_NS_MIN, Inode, check_name
+from .superblock import EFSCORRUPTED, CorruptFilesystem, meta_write, meta_write_verified, pad
 
 RWF_RECOVERY_DATA = 0x20  # the flag proposed for preadv2 in the kernel's recovery-read series
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
-EFSCORRUPTED = errno.EUCLEAN  # what XFS and ext4 return for corrupted metadata
 
 P = PAGE_SIZE
 _SHIFT = P.bit_length() - 1
 _MASK = P - 1
 _now = time.time_ns
-
-
-class CorruptFilesystem(DaxError):
-    """The metadata on the device is damaged or unreadable (EFSCORRUPTED)."""
-
-    default_errno = EFSCORRUPTED
-
-
+_FOLLOW_TRIES = 100
 UTIME_NOW = (1 << 30) - 1  # the kernel's tv_nsec values for utimensat(2)
 UTIME_OMIT = (1 << 30) - 2
 _INODE_COST_ESTIMATE = 64  # compressed checkpoint bytes per inode, for statfs's f_files
@@ -85,114 +78,6 @@ def _fs_error(code: int, message: str) -> DaxError:
     return DaxError(message, errno=code)
 
 
-# -- reading and writing metadata through the device's primitives ----------------------------------
-def _meta_read(dev: DaxDevice, offset: int, length: int) -> bytes:
-    buf = bytearray(length)
-    try:
-        got = iomap_read(dev, memoryview(buf), [(offset, length)])
-    except MediaError:
-        got = 0
-    if got < length:
-        raise CorruptFilesystem(f"metadata at device offset {offset + got} is poisoned")
-    return bytes(buf)
-
-
-def _meta_write(dev: DaxDevice, offset: int, data: bytes) -> None:
-    """Whole pages recover poison on the way (mkfs, checkpoints, superblocks); a log append over
-    known poison cannot, and fails."""
-    if iomap_write(dev, memoryview(data), [(offset, len(data))]) < len(data):
-        raise MediaError(f"metadata write at device offset {offset} met poison")
-
-
-def _pad(data: bytes) -> bytes:
-    return data + bytes(-len(data) % P)
-
-
-def _read_superblocks(dev: DaxDevice) -> tuple[list[tuple[int, Superblock]], list[str]]:
-    found, problems = [], []
-    for slot in (0, 1):
-        try:
-            raw = _meta_read(dev, slot * P, P)
-        except CorruptFilesystem as e:
-            problems.append(f"superblock copy {slot}: {e}")
-            continue
-        if raw == bytes(P):
-            continue
-        try:
-            found.append((slot, Superblock.decode(raw, dev.size)))
-        except FormatError as e:
-            problems.append(f"superblock copy {slot}: {e}")
-    return found, problems
-
-
-def mkfs(dev: DaxDevice, *, force: bool = False) -> None:
-    """Format ``dev``.  An existing daxfs is refused unless ``force``; a mounted one always is."""
-    g = Geometry.for_device(dev.size)
-    if g.nblocks < g.data_start + layout.MIN_DATA_BLOCKS:
-        raise InvalidArgument(
-            f"device of {dev.size} bytes is too small for daxfs (needs {(g.data_start + 16) * P} bytes)"
-        )
-    found, _ = _read_superblocks(dev)
-    if found and not force:
-        raise DaxError(
-            "device already holds a daxfs filesystem (use force)", errno=errno.EEXIST, path=dev.path
-        )
-    claim = _Claim()
-    dev.holder = claim  # refuse to format under a mounted filesystem (EBUSY)
-    try:
-        meta = Meta.empty()
-        raw = layout.encode_checkpoint(meta.checkpoint_doc())
-        _meta_write(dev, 0, bytes(2 * P))
-        _meta_write(dev, g.log_start * P, bytes(g.log_bytes))
-        _meta_write(dev, g.ckpt_start(0) * P, _pad(raw))
-        sb = Superblock(1, 1, 0, len(raw), zlib.crc32(raw), g, layout.new_uuid())
-        _meta_write(dev, (sb.sb_seq % 2) * P, sb.encode())
-    finally:
-        dev.holder = None
-
-
-class _Claim:
-    """A placeholder holder while mkfs runs."""
-
-    def notify_failure(self, offset: int, length: int, flags: int) -> int:
-        return 0
-
-
-class _Loaded:
-    """What a mount or fsck reads off the device."""
-
-    def __init__(self, dev: DaxDevice):
-        # problems: the metadata cannot be trusted (mount refuses); notes: damage that loses
-        # nothing (a stale or spare copy), which fsck reports and the mount tolerates.
-        self.problems: list[str] = []
-        found, self.notes = _read_superblocks(dev)
-        if not found:
-            raise CorruptFilesystem(
-                "no valid daxfs superblock (not formatted, or both copies damaged)" +
-                (f": {'; '.join(self.notes)}" if self.notes else ""),
-                path=dev.path,
-            )  # fmt: skip
-        self.slot, self.sb = max(found, key=lambda s: s[1].sb_seq)
-        g = self.g = self.sb.geometry
-        raw = _meta_read(dev, g.ckpt_start(self.sb.area) * P, self.sb.ckpt_len)
-        try:
-            self.meta = Meta.from_checkpoint(layout.decode_checkpoint(raw, self.sb.ckpt_crc))
-        except FormatError as e:
-            raise CorruptFilesystem(f"checkpoint: {e}", path=dev.path) from None
-        log = _meta_read(dev, g.log_start * P, g.log_bytes)
-        records, self.tail, damage = layout.scan_log(log, self.sb.epoch, self.notes)
-        self.problems += damage
-        if layout.scan_log(log, self.sb.epoch + 1)[0]:
-            self.problems.append("the log holds records of a newer epoch: the newest superblock is lost")
-        for i, muts in enumerate(records):
-            try:
-                self.meta.apply(muts)
-            except FormatError as e:
-                raise CorruptFilesystem(f"log record {i + 1}: {e}", path=dev.path) from None
-        self.seq = len(records) + 1
-        self.problems += self.meta.problems(g)
-
-
 class DaxFS:
     """A mounted daxfs.  Use ``daxkit.mount(dev)``."""
 
@@ -202,21 +87,14 @@ class DaxFS:
         self._lock = threading.RLock()
         self._shutdown: str | None = None
         self._unmounted = False
-        self._ok = True  # mounted and not shut down: the fast paths' one test
+        # mounted read-write and not shut down: the fast paths' one test (a read-only mount
+        # follows the writer, so each of its operations takes the checked path)
+        self._ok = not readonly
         self._listeners: list = []
         self._maps: dict[int, weakref.WeakSet] = {}
-        loaded = _Loaded(dev)
-        if loaded.problems:
-            n = len(loaded.problems)
-            raise CorruptFilesystem(
-                f"metadata damaged ({n} problems; run fsck): {loaded.problems[0]}", path=dev.path
-            )
-        self.meta, self.sb, self.geometry = loaded.meta, loaded.sb, loaded.g
-        self._tail, self._seq = loaded.tail, loaded.seq
-        g = self.geometry
-        self._reserve = max(2 * P, g.ckpt_bytes // 16)  # kept for operations that shrink metadata
-        self._meta_bound = self.sb.ckpt_len + self._tail + self._tail // 4 + 64 * (self._seq - 1)
-        self._free = ranges.subtract([(g.data_start, g.nblocks)], ranges.union([], self.meta.used_blocks()))
+        self._meta_busy = 0  # inside a metadata write: poison news for metadata waits for its end
+        self._meta_repair = False
+        self._install(superblock.Loaded(dev))
         if not readonly:
             try:
                 dev.holder = self
@@ -224,6 +102,55 @@ class DaxFS:
                 raise Busy(
                     "filesystem is already mounted read-write (device has a holder)", path=dev.path
                 ) from None
+            if self._loaded_poison:
+                self._rewrite_metadata()  # the view is whole: poison left in spare places goes
+
+    def _install(self, loaded: superblock.Loaded) -> None:
+        if loaded.problems:
+            n = len(loaded.problems)
+            raise CorruptFilesystem(
+                f"metadata damaged ({n} problems; run fsck): {loaded.problems[0]}", path=self.dev.path
+            )
+        self.meta, self.sb, self.geometry = loaded.meta, loaded.sb, loaded.g
+        self._tail, self._seq, self._sb_pages = loaded.tail, loaded.seq, loaded.sb_pages
+        self._records = loaded.records if self.readonly else []
+        self._loaded_poison = bool(loaded.log_bad)
+        g = self.geometry
+        self._reserve = max(2 * P, g.ckpt_bytes // 16)  # kept for operations that shrink metadata
+        self._meta_bound = self.sb.ckpt_len + self._tail + self._tail // 4 + 64 * (self._seq - 1)
+        self._free = ranges.subtract([(g.data_start, g.nblocks)], ranges.union([], self.meta.used_blocks()))
+
+    # -- a read-only mount follows the writer (SPEC 3, "Sharing an image") ------------------------
+    def _moved(self) -> bool:
+        return superblock.changed(self.dev, self.sb, self._tail, self._seq, self._sb_pages)
+
+    def _follow(self) -> None:
+        """Load the writer's newest state if anything was committed since we looked: a handle
+        then reads the new state, or ESTALE if its file is gone, never freed or reused blocks."""
+        if self._moved():
+            self._install(superblock.Loaded(self.dev))
+
+    def _stable(self, fn, ino: int):
+        """Run a read of inode ``ino`` on a view that held for its whole length.  On a
+        read-only mount a commit may land while we copy; the read stands if no record since
+        touched the inode (its blocks were neither freed nor reused), else we go round again."""
+        for _ in range(_FOLLOW_TRIES):
+            self._check()
+            epoch, seq = self.sb.epoch, self._seq
+            try:
+                result = fn()
+            except DaxError:
+                if self.readonly and self._moved():
+                    continue
+                raise
+            if not self.readonly or not self._moved():
+                return result
+            self._follow()
+            if self.sb.epoch == epoch and not any(
+                m[0] == "i" and m[1] == ino for muts in self._records[seq - 1 :] for m in muts
+            ):
+                return result
+        raise _fs_error(errno.EAGAIN, "the writer kept changing the file while it was read; try again")
 
     # -- lifecycle --------------------------------------------------------------------------------
     def __enter__(self) -> DaxFS:
@@ -257,8 +184,10 @@ class DaxFS:
             raise _fs_error(errno.EINVAL, "filesystem is not mounted")
         if self._shutdown:
             raise FilesystemShutdown(f"filesystem is shut down: {self._shutdown}", path=self.dev.path)
-        if write and self.readonly:
-            raise _fs_error(errno.EROFS, "filesystem is mounted read-only")
+        if self.readonly:
+            if write:
+                raise _fs_error(errno.EROFS, "filesystem is mounted read-only")
+            self._follow()
 
     def _shut(self, reason: str) -> None:
         if self._shutdown is None:
@@ -288,12 +217,18 @@ class DaxFS:
             else:
                 base = g.log_start * P + self._tail
                 word = layout.commit_word(self.sb.epoch, self._seq)
-                _meta_write(self.dev, base, rec)  # the record, both commit words still zero
-                _meta_write(self.dev, base + w1, word)  # committed from here on
-                _meta_write(self.dev, base + w2, word)  # the second copy survives a flipped first
+                self._meta_busy += 1
+                try:
+                    meta_write(self.dev, base, rec)  # the record, both commit words still zero
+                    meta_write(self.dev, base + w1, word)  # committed from here on
+                    meta_write(self.dev, base + w2, word)  # the second copy survives a flipped first
+                finally:
+                    self._meta_busy -= 1
                 self._tail += len(rec)
                 self._seq += 1
                 self._meta_bound += cost
+            if self._meta_repair and not self._meta_busy:
+                self._rewrite_metadata()
         except MediaError as e:
             self.meta.undo(undo)
             self._shut(f"metadata write failed: {e}")
@@ -314,11 +249,30 @@ class DaxFS:
                 f"{limit} are available to this operation"
             )
         area = 1 - sb.area
-        _meta_write(self.dev, g.ckpt_start(area) * P, _pad(raw))
-        new = Superblock(sb.sb_seq + 1, sb.epoch + 1, area, len(raw), zlib.crc32(raw), g, sb.uuid)
-        _meta_write(self.dev, (new.sb_seq % 2) * P, new.encode())  # the commit point
+        self._meta_busy += 1
+        try:
+            meta_write_verified(self.dev, g.ckpt_start(area) * P, pad(raw))
+            new = Superblock(sb.sb_seq + 1, sb.epoch + 1, area, len(raw), zlib.crc32(raw), g, sb.uuid)
+            meta_write_verified(self.dev, (new.sb_seq % 2) * P, new.encode())  # the commit point
+        finally:
+            self._meta_busy -= 1
         self.sb, self._tail, self._seq = new, 0, 1
         self._meta_bound = len(raw)
+
+    def _rewrite_metadata(self) -> None:
+        """Poison in metadata, with the whole view in memory: write a fresh checkpoint and
+        superblock (read back, so latent poison under them is found and cleared), which leaves
+        the log, the other area and the other superblock spare; then zero and clear every
+        poisoned page left in the metadata area.  Nothing that the mount needs is lost."""
+        self._meta_repair = False
+        self._checkpoint()
+        g, sb = self.geometry, self.sb
+        live = {sb.sb_seq % 2} | set(range(g.ckpt_start(sb.area), g.ckpt_start(sb.area) + g.ckpt_blocks))
+        for off, n in self.dev.known_errors(0, g.data_start * P):
+            for pg in range(off // P, (off + n + P - 1) // P):
+                if pg not in live:
+                    self.dev.zero_page_range(pg, 1)
+        self._loaded_poison = False
 
     def sync(self) -> None:
         """Write a checkpoint now (shortens the next mount's replay)."""
@@ -411,6 +365,16 @@ class DaxFS:
                 raise _fs_error(errno.ENOTDIR, f"{path}: not a directory")
             return sorted(node.ents)
 
+    def scandir(self, path: str = "/") -> list[tuple[str, os.stat_result]]:
+        """(name, stat) of every entry, sorted by name, from one view: beside a live writer a
+        listdir followed by stats could meet names that are already gone."""
+        with self._lock:
+            self._check()
+            node = self._resolve(path)
+            if not node.is_dir:
+                raise _fs_error(errno.ENOTDIR, f"{path}: not a directory")
+            return [(name, self._stat(self.meta.inodes[ino])) for name, ino in sorted(node.ents.items())]
+
     def mkdir(self, path: str, mode: int = 0o755) -> None:
         with self._lock:
             self._check(write=True)
@@ -451,9 +415,8 @@ class DaxFS:
             p2 = parent.copy()
             p2.nlink -= 1
             p2.mtime = p2.ctime = time.time_ns()
-            self._commit(
-                [["d", parent.ino, name, None], ["i", ino, None], ["i", p2.ino, p2.to_json()]], use_reserve=True
-            )
+            muts = [["d", parent.ino, name, None], ["i", ino, None], ["i", p2.ino, p2.to_json()]]
+            self._commit(muts, use_reserve=True)
 
     def unlink(self, path: str) -> None:
         with self._lock:
@@ -754,7 +717,8 @@ class DaxFS:
     def _check_size(self, size: int, what: str) -> None:
         """SPEC 3: sizes up to the device; past it is EFBIG (as a size past s_maxbytes)."""
         if size > self.dev.size:
-            raise _fs_error(errno.EFBIG, f"{what}: {size} bytes is past the largest file ({self.dev.size} bytes)")
+            limit = self.dev.size
+            raise _fs_error(errno.EFBIG, f"{what}: {size} bytes is past the largest file ({limit} bytes)")
 
     def _truncate(self, ino: int, size: int) -> None:
         if isinstance(size, bool) or not isinstance(size, int):
@@ -904,8 +868,16 @@ class DaxFS:
             return 0
         owners = self._owners(offset, length)
         if any(o["owner"] == "metadata" for o in owners):
-            self._shut(f"metadata lost at device offset {offset} (+{length})")
-            return -EFSCORRUPTED
+            if self.readonly or self._shutdown or self._unmounted:
+                return 0
+            if self._meta_busy:  # our own metadata write met it: repaired when that write ends
+                self._meta_repair = True
+                return 0
+            try:
+                self._rewrite_metadata()  # the mount holds the whole metadata in memory
+            except DaxError as e:
+                self._shut(f"metadata lost at device offset {offset} (+{length}) and not rewritable: {e}")
+                return -EFSCORRUPTED
         for o in owners:
             if o["owner"] == "file":
                 for cb in list(self._listeners):
@@ -990,9 +962,10 @@ class DaxFile:
         if n < 0 or off < 0:
             raise InvalidArgument(f"pread: n={n} offset={off}")
         self._ready(read=True)
+        fs = self._fs
         if flags & RWF_RECOVERY_DATA:
-            return self._fs._read_recover(self.ino, n, off)
-        return self._fs._read(self.ino, n, off)
+            return fs._stable(lambda: fs._read_recover(self.ino, n, off), self.ino)
+        return fs._stable(lambda: fs._read(self.ino, n, off), self.ino)
 
     def pwrite(self, data, off: int) -> int:
         fs = self._fs

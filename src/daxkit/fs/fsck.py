@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from ..device.device import DaxDevice
 from ..units import PAGE_SIZE
-from .daxfs import CorruptFilesystem, _Loaded
+from .superblock import CorruptFilesystem, Loaded
 
 
 def fsck(dev: DaxDevice) -> dict:
     try:
-        loaded = _Loaded(dev)
+        loaded = Loaded(dev)
     except CorruptFilesystem as e:
         return {"clean": False, "problems": [e.strerror]}
     problems = list(loaded.problems) + list(loaded.notes)

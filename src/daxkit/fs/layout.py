@@ -182,10 +182,14 @@ def _record_at(log: bytes, pos: int) -> tuple[int, int, list, int] | None:
     return epoch, seq, muts, end
 
 
-def scan_log(log: bytes, epoch: int, notes: list[str] | None = None) -> tuple[list[list], int, list[str]]:
+def scan_log(
+    log: bytes, epoch: int, notes: list[str] | None = None, bad: list[tuple[int, int]] = ()
+) -> tuple[list[list], int, list[str]]:
     """Replay order: the committed records of ``epoch`` from the start of the log, consecutive in
     seq.  Returns (mutation lists, tail position, problems that lose data); damage that loses
-    nothing (one commit-word copy) is appended to ``notes``."""
+    nothing (one commit-word copy) is appended to ``notes``.  ``bad``: byte ranges of the log
+    lost to poison (read as zeroes); poison at or past the tail is a lost record only if the
+    next record's second commit word stands beyond it, else it is unused space."""
     out: list[list] = []
     pos, expect = 0, 1
     problems: list[str] = []
@@ -209,6 +213,16 @@ def scan_log(log: bytes, epoch: int, notes: list[str] | None = None) -> tuple[li
         if c1 == word:
             problems.append(f"metadata log damaged: committed record {expect} of epoch {epoch} at byte {pos}")
         break
+    if not problems and any(e > pos for _, e in bad):
+        word = commit_word(epoch, expect)
+        probe = log.find(word, pos + _WORD.size)
+        while probe >= 0 and probe % REC_ALIGN:
+            probe = log.find(word, probe + 1)
+        if probe >= 0:
+            problems.append(
+                f"metadata log damaged at byte {pos}: committed record {expect} of epoch {epoch} "
+                "is lost to poison"
+            )
     if not problems:
         later = _committed_after(log, pos, epoch, expect)
         if later is not None:
