@@ -623,8 +623,24 @@ class DaxFS:
             return b""
         n = min(n, node.size - off)
         buf = bytearray(n)
-        got = iomap_read(self.dev, memoryview(buf), node.segments(off, n))
+        segments = node.segments(off, n)
+        try:
+            got = iomap_read(self.dev, memoryview(buf), segments)
+        except MediaError as e:
+            raise MediaError(f"{self._bad_place(segments, off)}: {e}", errno=e.errno) from None
         return bytes(buf) if got == n else bytes(buf[:got])
+
+    def _bad_place(self, segments, off: int) -> str:
+        """Where a read failed, for its message: the first known bad range it meets, in file
+        and device offsets (the extent's start would send the reader to the wrong place)."""
+        pos = off
+        for dev_off, length in segments:
+            if dev_off is not None:
+                for bad, k in self.dev.known_errors(dev_off, length):
+                    fo = pos + max(bad, dev_off) - dev_off
+                    return f"bad range at file offset {fo} (+{k}, device offset {bad})"
+            pos += length
+        return f"bad range in the read at file offset {off}"
 
     def _read_recover(self, ino: int, n: int, off: int) -> RecoveredData:
         """The recovery read of a file (SPEC 4): clean bytes, zeroes where bad, bad ranges in

@@ -48,7 +48,8 @@ def iomap_read(dev: DaxDevice, dst: memoryview, segments: list[Segment]) -> int:
         try:
             dev.direct_access(pgoff, npages)
         except HWPoisonError:
-            return _short_read(done, dev_off)
+            bad = dev.known_errors(dev_off, n)
+            return _short_read(done, bad[0][0] if bad else dev_off)
         got = dev.mc_read(dst[done : done + n], dev_off)
         done += got
         if got < n:
