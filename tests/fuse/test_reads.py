@@ -23,19 +23,12 @@ SIZE = 16 * P  # 64 KiB
 BAD_PAGE = 5  # the 6th page
 
 
-def _dd(src: str, dst: str, bs: str):
-    return subprocess.run(["dd", f"if={src}", f"of={dst}", f"bs={bs}"], capture_output=True, timeout=60)
-
-
-READERS = {
-    "cat": lambda src, dst: subprocess.run(f'cat "{src}" > "{dst}"', shell=True, capture_output=True, timeout=60),
-    "dd bs=4096": lambda src, dst: _dd(src, dst, "4096"),
-    "dd bs=1M": lambda src, dst: _dd(src, dst, "1M"),
-    "python read()": lambda src, dst: subprocess.run(
-        [sys.executable, "-c", "import sys; open(sys.argv[2], 'wb').write(open(sys.argv[1], 'rb').read())", src, dst],
-        capture_output=True,
-        timeout=60,
-    ),
+PY_COPY = "import sys; open(sys.argv[2], 'wb').write(open(sys.argv[1], 'rb').read())"
+READERS = {  # name: argv with {src} and {dst}, run by a shell
+    "cat": 'cat "{src}" > "{dst}"',
+    "dd bs=4096": 'dd if="{src}" of="{dst}" bs=4096',
+    "dd bs=1M": 'dd if="{src}" of="{dst}" bs=1M',
+    "python read()": f'"{sys.executable}" -c "{PY_COPY}" "{{src}}" "{{dst}}"',
 }
 TRIES = 3  # the kernel takes the short read for EOF only in some interleavings: give it several
 
@@ -64,15 +57,17 @@ def test_latent_poison_mid_file_fails_every_reader_instead_of_a_short_file(tmp_p
     (tmp_path / "mnt").mkdir()
     m = Mount(image, str(tmp_path / "mnt"))
     try:
-        for i, (reader, run) in enumerate(READERS.items()):
+        for i, (reader, command) in enumerate(READERS.items()):
             for k in range(TRIES):
                 name = f"{i}-{k}"
                 out = tmp_path / "copy"
                 out.unlink(missing_ok=True)
-                r = run(m.path(name), str(out))
+                r = subprocess.run(
+                    command.format(src=m.path(name), dst=out), shell=True, capture_output=True, timeout=60
+                )
                 got = out.read_bytes() if out.exists() else b""
-                ok = files[name].startswith(got)
-                assert r.returncode != 0, f"{reader} exited 0 with {len(got)} of {SIZE} bytes (right bytes: {ok})"
+                right = files[name].startswith(got)
+                assert r.returncode != 0, f"{reader} exited 0 with {len(got)} of {SIZE} bytes, right: {right}"
                 assert b"Input/output error" in r.stderr or b"Errno 5" in r.stderr, (reader, r.stderr)
                 assert files[name].startswith(got), reader  # what came before the failure is right
         # the pages before the bad one still read, and so does a read that ends at EOF
