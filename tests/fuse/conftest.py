@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -31,13 +32,41 @@ def cli(*args, check=True, timeout=120):
     return r
 
 
-class Mount:
-    def __init__(self, image: str, mnt: str):
-        self.image, self.mnt = image, mnt
-        out = cli("mount", image, mnt).stdout.decode()
-        import json
+def exited(pid: int) -> bool:
+    """The process is gone or a zombie (an orphaned server waits for init to reap it, which
+    can take seconds here; it has released the image by then)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
 
-        self.pid = json.loads(out)["pid"]
+
+def wait_exited(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.time() + timeout
+    while not exited(pid):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+class Mount:
+    """A background mount: through the CLI, or through the API for a private mount."""
+
+    def __init__(self, image: str, mnt: str, *, private: bool = False):
+        self.image, self.mnt = image, mnt
+        if private:
+            from daxkit.fuse.mount import mount_background
+
+            self.pid = mount_background(image, mnt, private=True)
+        else:
+            self.pid = json.loads(cli("mount", image, mnt).stdout)["pid"]
 
     def path(self, name: str) -> str:
         return os.path.join(self.mnt, name.lstrip("/"))
@@ -45,19 +74,7 @@ class Mount:
     def umount(self) -> None:
         if os.path.ismount(self.mnt):
             cli("umount", self.mnt)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return
-            try:
-                if os.waitpid(self.pid, os.WNOHANG)[0]:
-                    return
-            except ChildProcessError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("the mount server did not exit after unmount")
+        assert wait_exited(self.pid), "the mount server did not exit after unmount"
 
 
 def make_image(tmp_path, size="64M") -> str:
