@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import faulthandler as _faulthandler
 import functools as _functools
+import os as _os
 
 from . import _copymc
 from ._copymc import copy_mc
@@ -33,6 +34,7 @@ from .errors import (
     FilesystemShutdown,
     HWPoisonError,
     ImageError,
+    ImageNotFound,
     InvalidArgument,
     MediaError,
     NoSpace,
@@ -78,20 +80,26 @@ if not getattr(_faulthandler.enable, "__daxkit_wrapped__", False):
 
 
 def create(
-    path: str, size: int | str, *, clear_err_unit: int = DEFAULT_CLEAR_ERR_UNIT, force: bool = False
+    path: str | bytes | _os.PathLike,
+    size: int | str,
+    *,
+    clear_err_unit: int = DEFAULT_CLEAR_ERR_UNIT,
+    force: bool = False,
 ) -> DaxDevice:
-    """Make a new emulated device image at ``path`` and open it."""
+    """Make a new emulated device image at ``path`` and open it.  ``path`` is taken as the os
+    module takes it (str, bytes or path-like; anything else is a TypeError)."""
+    path = _os.fsdecode(path)
     try:
         nbytes = parse_size(size)
     except ValueError as e:
         raise InvalidArgument(str(e)) from None
-    create_image(str(path), nbytes, clear_err_unit, force=force)
+    create_image(path, nbytes, clear_err_unit, force=force)
     return open(path)
 
 
-def open(path: str) -> DaxDevice:  # noqa: A001 - the SPEC's name
-    """Open an emulated device image."""
-    return DaxDevice(Image(str(path)))
+def open(path: str | bytes | _os.PathLike) -> DaxDevice:  # noqa: A001 - the SPEC's name
+    """Open an emulated device image; a missing one raises ImageNotFound (a FileNotFoundError)."""
+    return DaxDevice(Image(_os.fsdecode(path)))
 
 
 def mount(dev: DaxDevice, *, readonly: bool = False) -> DaxFS:
@@ -134,6 +142,7 @@ __all__ = [
     "Badblocks",
     "DaxError",
     "ImageError",
+    "ImageNotFound",
     "InvalidArgument",
     "OutOfRange",
     "HWPoisonError",

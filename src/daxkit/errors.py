@@ -32,6 +32,13 @@ class ImageError(DaxError):
     default_errno = _errno.EINVAL
 
 
+class ImageNotFound(ImageError, FileNotFoundError):
+    """The image file (or the directory to create it in) does not exist (ENOENT); also a
+    FileNotFoundError, so ``except FileNotFoundError`` works as it does for ``open()``."""
+
+    default_errno = _errno.ENOENT
+
+
 class InvalidArgument(DaxError, ValueError):
     """A bad offset, length, count or text (EINVAL); also a ValueError."""
 

@@ -139,10 +139,12 @@ def _tear_newest_slot(img, gen):
     with open(img, "r+b") as f:
         for off in (imagemod.SLOT_OFFSET, imagemod.SLOT_OFFSET + imagemod.SLOT_SIZE):
             f.seek(off)
-            magic, length, seq, _crc = imagemod._SLOT.unpack(f.read(imagemod._SLOT.size))
+            magic, seq, where, length, _crc = imagemod._SLOT.unpack(f.read(imagemod._SLOT.size))
             if seq == gen:
-                f.seek(off + imagemod._SLOT.size + 5)
-                f.write(b"\x00\x00\x00")
+                f.seek(where + 5)
+                torn = bytes(b ^ 0xFF for b in f.read(3))
+                f.seek(where + 5)
+                f.write(torn)
                 return
 
 

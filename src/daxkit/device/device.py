@@ -38,7 +38,6 @@ from ..errors import (
     HWPoisonError,
     InvalidArgument,
     MediaError,
-    NoSpace,
     NotSupported,
     OutOfRange,
 )
@@ -90,32 +89,33 @@ class RecoveredData:
 
 
 # -- state transformers: pure functions of an ErrorState, the policy of clearing -----------------
-def _clear_medium(st: ErrorState, start: int, end: int) -> ErrorState:
-    """The platform's clear-error command: poison and the injection records it covers go."""
-    first, last = -(-start // SECTOR_SIZE), end // SECTOR_SIZE
+def _sectors_inside(ivs: ranges.Intervals) -> ranges.Intervals:
+    """The whole sectors inside each byte interval."""
+    inner = [(-(-s // SECTOR_SIZE), e // SECTOR_SIZE) for s, e in ivs]
+    return [(s, e) for s, e in inner if e > s]
+
+
+def _clear_medium(st: ErrorState, ivs: ranges.Intervals) -> ErrorState:
+    """The platform's clear-error command over byte intervals: poison and the injection records
+    it covers go."""
     return st.with_(
-        poison=ranges.remove(st.poison, start, end), injected=ranges.remove(st.injected, first, last)
+        poison=ranges.subtract(st.poison, ivs), injected=ranges.subtract(st.injected, _sectors_inside(ivs))
     )
 
 
-def _forget_known(st: ErrorState, start: int, end: int) -> ErrorState:
-    """Drop [start, end) from the bad range list and whole sectors inside it from badblocks."""
-    first, last = -(-start // SECTOR_SIZE), end // SECTOR_SIZE
-    bb = st.badblocks.clear(first, last - first) if last > first else st.badblocks
-    return st.with_(bad_ranges=ranges.remove(st.bad_ranges, start, end), badblocks=bb)
+def _forget_known(st: ErrorState, ivs: ranges.Intervals) -> ErrorState:
+    """Drop byte intervals from the bad range list and whole sectors inside them from badblocks."""
+    return st.with_(
+        bad_ranges=ranges.subtract(st.bad_ranges, ivs),
+        badblocks=st.badblocks.clear_runs(_sectors_inside(ivs)),
+    )
 
 
 def _make_known(st: ErrorState, ivs: ranges.Intervals) -> tuple[ErrorState, bool]:
     """Add byte ranges to the bad range list and their covering sectors (acknowledged) to the
     table.  Returns the state and whether the table overflowed (the kernel logs and goes on)."""
-    bad = ranges.union(st.bad_ranges, ivs)
-    bb, overflow = st.badblocks, False
-    for s, e in ranges.scale(ivs, SECTOR_SIZE):
-        try:
-            bb = bb.set(s, e - s, True)
-        except NoSpace:
-            overflow = True
-    return st.with_(bad_ranges=bad, badblocks=bb), overflow
+    bb, overflow = st.badblocks.set_runs(ranges.scale(ivs, SECTOR_SIZE), True)
+    return st.with_(bad_ranges=ranges.union(st.bad_ranges, ivs), badblocks=bb), overflow
 
 
 class BadblocksView:
@@ -275,7 +275,7 @@ class DaxDevice:
         self._known = ranges.union(self._bb_bytes, state.bad_ranges)
         # What to tell owners: the line-precise bad range list, plus table entries that no bad
         # range explains (software entries written to the table).
-        soft = [iv for iv in self._bb_bytes if not ranges.clip(state.bad_ranges, *iv)]
+        soft = [iv for iv in self._bb_bytes if _first_overlap(state.bad_ranges, *iv) is None]
         self._precise = ranges.union(state.bad_ranges, soft)
         self._bad = ranges.union(state.poison, self._precise)
         self._prot_pages = ranges.scale(ranges.union(state.poison, self._known), PAGE_SIZE)
@@ -386,9 +386,9 @@ class DaxDevice:
     def _rewrite_pages(self, start: int, data: memoryview) -> None:
         """Clear the medium, write, then forget: the kernel's recovery order."""
         end = start + data.nbytes
-        self._commit(lambda st: _clear_medium(st, start, end))
+        self._commit(lambda st: _clear_medium(st, [(start, end)]))
         self._store(data, start)
-        self._commit(lambda st: _forget_known(st, start, end))
+        self._commit(lambda st: _forget_known(st, [(start, end)]))
 
     def _recover_subpage(self, offset: int, data: memoryview) -> list[tuple[int, int]]:
         """Sub-page recovery write (SPEC 4).  The pages touched are cleared and rewritten with
@@ -406,9 +406,9 @@ class DaxDevice:
             for line in range(align_down(s, LINE_SIZE), s + length, LINE_SIZE):
                 if not (offset <= line and line + LINE_SIZE <= offset + n):
                     kept = ranges.add(kept, line, line + LINE_SIZE)
-        self._commit(lambda st: _clear_medium(st, first, last))
+        self._commit(lambda st: _clear_medium(st, [(first, last)]))
         self._store(memoryview(pages), first)
-        self._commit(lambda st: _make_known(_forget_known(st, first, last), kept)[0])
+        self._commit(lambda st: _make_known(_forget_known(st, [(first, last)]), kept)[0])
         return [(s, e - s) for s, e in kept]
 
     def zero_page_range(self, pgoff: int, nr_pages: int) -> None:
@@ -481,7 +481,7 @@ class DaxDevice:
                 f"aligned to clear_err_unit {unit}; nothing written"
             )
         end = offset + n
-        self._commit(lambda st: _forget_known(_clear_medium(st, offset, end), offset, end))
+        self._commit(lambda st: _forget_known(_clear_medium(st, [(offset, end)]), [(offset, end)]))
 
     def _store(self, data, offset: int) -> None:
         """A plain store of bytes, safe over pages that fault (the medium keeps its poison)."""
@@ -644,13 +644,13 @@ class DaxDevice:
         span = SECTOR_SIZE if saturate else min(SECTOR_SIZE, self.clear_err_unit)
 
         def change(st: ErrorState) -> ErrorState:
-            poison = st.poison
             if span == SECTOR_SIZE:
-                poison = ranges.add(poison, block * SECTOR_SIZE, (block + count) * SECTOR_SIZE)
+                lines = [(block * SECTOR_SIZE, (block + count) * SECTOR_SIZE)]
             else:
-                for b in range(block, block + count):
-                    poison = ranges.add(poison, b * SECTOR_SIZE, b * SECTOR_SIZE + span)
-            return st.with_(poison=poison, injected=ranges.add(st.injected, block, block + count))
+                lines = [(b * SECTOR_SIZE, b * SECTOR_SIZE + span) for b in range(block, block + count)]
+            return st.with_(
+                poison=ranges.union(st.poison, lines), injected=ranges.add(st.injected, block, block + count)
+            )
 
         self._commit(change)
         if notify:
@@ -687,6 +687,10 @@ class DaxDevice:
         """Address range scrub: every poisoned line becomes known (acknowledged sectors in the
         table, byte ranges in the list); the holder hears about what was not known before."""
         self._sync()
+        with self._img.scrubbing():
+            return self._scrub(progress)
+
+    def _scrub(self, progress) -> ScrubReport:
         words = self._img.words
         words[LIVE_SCRUB_TOTAL] = self.size
         words[LIVE_SCRUB_DONE] = 0
@@ -717,21 +721,29 @@ class DaxDevice:
         return report
 
     def scrub_progress(self) -> tuple[int, int, int]:
-        """(pid of a scrub running now or 0, bytes done, bytes total): what wait-scrub watches."""
+        """(pid of a scrub running now or 0, bytes done, bytes total): what wait-scrub watches.
+        The pid word alone could outlive its scrubber (killed) or name a reused pid; the
+        scrubbers' lock on the image says whether anyone is scrubbing at all."""
         self._check_alive()
         w = self._img.words
-        return w[LIVE_SCRUB_PID], w[LIVE_SCRUB_DONE], w[LIVE_SCRUB_TOTAL]
+        pid = w[LIVE_SCRUB_PID]
+        if pid and not self._img.scrub_running():
+            pid = 0
+        return pid, w[LIVE_SCRUB_DONE], w[LIVE_SCRUB_TOTAL]
 
     def clear_errors(self) -> list[tuple[int, int]]:
         """Like ``ndctl clear-errors``: every known error is cleared on the medium (in whole
-        clear_err_unit units) and zeroed; its data is lost.  Returns the cleared ranges."""
+        clear_err_unit units) and zeroed; its data is lost.  Returns the cleared ranges.
+        The kernel's order holds for all of them together: clear, write, then forget -- two
+        commits however many ranges there are."""
         self._sync()
-        units = ranges.scale(self._known, self.clear_err_unit)
-        cleared = [(s * self.clear_err_unit, min(e * self.clear_err_unit, self.size)) for s, e in units]
-        for s, e in cleared:
-            self._commit(lambda st, s=s, e=e: _clear_medium(st, s, e))
-            self._store(bytes(e - s), s)
-            self._commit(lambda st, s=s, e=e: _forget_known(st, s, e))
+        unit = self.clear_err_unit
+        cleared = [(s * unit, min(e * unit, self.size)) for s, e in ranges.scale(self._known, unit)]
+        if cleared:
+            self._commit(lambda st: _clear_medium(st, cleared))
+            for s, e in cleared:
+                self._store(bytes(e - s), s)
+            self._commit(lambda st: _forget_known(st, cleared))
         return [(s, e - s) for s, e in cleared]
 
     # -- reports ------------------------------------------------------------------------------

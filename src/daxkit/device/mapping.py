@@ -175,12 +175,14 @@ class DaxMapping:
         if self._closed or self._gone:
             return
         self._dev_pages = dev_pages
-        pages: ranges.Intervals = list(self._revoked)
+        pages: ranges.Intervals = []
         for moff, doff, n in self._pieces:
-            for s, e in ranges.clip(dev_pages, doff // PAGE_SIZE, (doff + n) // PAGE_SIZE):
-                base = moff // PAGE_SIZE - doff // PAGE_SIZE
-                pages = ranges.add(pages, s + base, e + base)
-        self._region.protect(pages)
+            base = moff // PAGE_SIZE - doff // PAGE_SIZE
+            pages += [
+                (s + base, e + base)
+                for s, e in ranges.clip(dev_pages, doff // PAGE_SIZE, (doff + n) // PAGE_SIZE)
+            ]
+        self._region.protect(ranges.union(self._revoked, pages))
 
     def _poison_known(self, dev_ivs: ranges.Intervals) -> None:
         cb = self.on_poison

@@ -15,7 +15,9 @@ Theory of operation
   The table is held as "segments": sorted, disjoint (start, end, ack) runs that never merge
   across different flags, so the per-sector flag survives merging.  The entries the kernel would
   show are derived from the segments: maximal runs, split at 512, flag = AND of the segments.
-  The segments are what the medium persists.
+  The segments are what the medium persists.  A scrub or a clear-errors brings thousands of
+  runs at once: ``set_runs``/``clear_runs`` apply them in one pass over the table instead of
+  one table rebuild per run (a batch of clears is judged by its result).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from ..errors import InvalidArgument, NoSpace
+from . import ranges
 
 BB_MAX_LEN = 512
 MAX_BADBLOCKS = 512
@@ -80,30 +83,17 @@ def _entries(segs: list[Segment]) -> list[Entry]:
     return out
 
 
-def _overwrite(segs: list[Segment], start: int, end: int, ack: bool | None) -> list[Segment]:
-    """Segments with [start, end) removed, then (if ack is not None) set to ``ack``."""
-    out: list[Segment] = []
-    placed = ack is None
-    for s, e, a in segs:
-        if e <= start:
-            out.append((s, e, a))
-            continue
-        if s >= end:
-            if not placed:
-                out.append((start, end, ack))
-                placed = True
-            out.append((s, e, a))
-            continue
-        if s < start:
-            out.append((s, start, a))
-        if not placed:
-            out.append((start, end, ack))
-            placed = True
-        if e > end:
-            out.append((end, e, a))
-    if not placed:
-        out.append((start, end, ack))
-    return _normalize(out)
+def _overwrite(segs: list[Segment], runs: ranges.Intervals, ack: bool | None) -> list[Segment]:
+    """Segments with every [start, end) of ``runs`` (sorted, disjoint) removed, then (if ack is
+    not None) set to ``ack``.  One pass, however many runs."""
+    out = [
+        (s, e, flag)
+        for flag in (False, True)
+        for s, e in ranges.subtract([(s, e) for s, e, a in segs if a == flag], runs)
+    ]
+    if ack is not None:
+        out += [(s, e, ack) for s, e in runs]
+    return out
 
 
 def parse_entry(text: str) -> tuple[int, int]:
@@ -190,7 +180,7 @@ class Badblocks:
     def set(self, sector: int, count: int, acknowledged: bool = True) -> Badblocks:
         if sector < 0 or count <= 0:
             raise InvalidArgument(f"badblocks: bad range sector={sector} count={count}")
-        new = Badblocks(_overwrite(self._segs, sector, sector + count, bool(acknowledged)))
+        new = Badblocks(_overwrite(self._segs, [(sector, sector + count)], bool(acknowledged)))
         if new.count > MAX_BADBLOCKS:
             raise NoSpace(
                 f"badblocks table full: adding {sector}+{count} needs {new.count} entries "
@@ -199,15 +189,45 @@ class Badblocks:
             )
         return new
 
+    def set_runs(self, runs: ranges.Intervals, acknowledged: bool = True) -> tuple[Badblocks, bool]:
+        """``set`` of every [start, end) sector run (sorted, disjoint), as a scrub does: a run
+        that does not fit is left out (the kernel logs and goes on).  Returns the table and
+        whether anything was left out.  One pass when all fits; otherwise run by run, where a
+        run touching no entry of a full table is refused at once (it could only add one)."""
+        if not runs:
+            return self, False
+        new = Badblocks(_overwrite(self._segs, runs, bool(acknowledged)))
+        if new.count <= MAX_BADBLOCKS:
+            return new, False
+        table, near, overflow = self, self.ranges(), False
+        for s, e in runs:
+            if table.count >= MAX_BADBLOCKS and ranges.first_overlap(near, s - 1, e + 1) is None:
+                overflow = True
+                continue
+            try:
+                table = table.set(s, e - s, acknowledged)
+            except NoSpace:
+                overflow = True
+            near = table.ranges()
+        return table, overflow
+
     def clear(self, sector: int, count: int) -> Badblocks:
         if sector < 0 or count < 0:
             raise InvalidArgument(f"badblocks: bad range sector={sector} count={count}")
-        if count == 0:
+        return self.clear_runs([(sector, sector + count)])
+
+    def clear_runs(self, runs: ranges.Intervals) -> Badblocks:
+        """``clear`` of every [start, end) sector run (sorted, disjoint) at once; ENOSPC, and no
+        change, when that must split entries past the table's size."""
+        runs = [(s, e) for s, e in runs if e > s]
+        if not runs:
             return self
-        new = Badblocks(_overwrite(self._segs, sector, sector + count, None))
+        new = Badblocks(_overwrite(self._segs, runs, None))
         if new.count > MAX_BADBLOCKS:
+            first, last = runs[0][0], runs[-1][1]
             raise NoSpace(
-                f"badblocks table full: clearing {sector}+{count} would split an entry (max {MAX_BADBLOCKS})"
+                f"badblocks table full: clearing sectors {first}..{last} would split an entry "
+                f"(max {MAX_BADBLOCKS})"
             )
         return new
 

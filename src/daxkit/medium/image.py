@@ -5,19 +5,32 @@ Layout (all offsets in bytes)
       0  info block (4 KiB): magic, version, geometry, clear_err_unit, CRC32 of the block
    4096  live page: the state generation word and the scrub progress words, shared by every
          process through a MAP_SHARED mapping
-   8192  state slot A (1 MiB), then state slot B (1 MiB): header (magic, seq, length, CRC32)
-         followed by the encoded ErrorState
+   8192  state slot A (1 MiB), then state slot B (1 MiB): a header (magic, seq, payload offset,
+         payload length, CRC32) and, when it fits, the encoded ErrorState right behind it
   DATA   the data area (DATA = 8192 + 2 MiB), mapped by the device
+  END    (DATA + data size) payloads too large for their slot, page aligned; the file grows and
+         shrinks with them.  Nothing else ever lives past END.
 
 Theory of operation
   * Commit: under an exclusive flock on the image, read the newest valid slot, build the new
     state, write it into the *other* slot with seq+1 and its checksum, then publish seq+1 in the
     generation word.  A process killed before the slot is complete leaves a slot whose checksum
     fails, so the old state stands; killed after, the new slot is valid and the highest seq wins.
+  * No ceiling: a payload that does not fit in its slot goes past END, at END when the newest
+    slot's payload is not there, else right behind it, so the state that stands is never
+    overwritten.  Payload first, header last; the checksum covers the header's fields, so a
+    header never vouches for bytes that are not all there.  A reader bounds-checks the
+    payload against the slot or [END, file size) before reading it.
   * Readers compare the generation word with the one they last loaded: one 8-byte load when
     nothing changed.  On a change they take a shared flock and load the newest valid slot.
   * flock (not fcntl locks) because it belongs to the open file, so two opens of one image in
     one process still exclude each other; a thread lock covers threads sharing one open.
+  * OFD byte-range locks (which do not interact with flock) mark who is there: byte 1 the
+    holder, byte 2 every open that is scrubbing now.  The kernel drops them when the open file
+    goes, so a killed process never leaves a claim or a "scrub running" behind.
+  * Creating: the image is built under an unpredictable name in the target's directory
+    (O_EXCL|O_NOFOLLOW, mode 0600: it holds whole filesystems whose permissions the file cannot
+    enforce), synced, and renamed in; any failure, Ctrl-C included, removes it.
 """
 
 from __future__ import annotations
@@ -27,13 +40,14 @@ import fcntl
 import mmap
 import os
 import struct
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
-from ..errors import ImageError, InvalidArgument, NoSpace
-from ..units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE
+from ..errors import DaxError, ImageError, ImageNotFound, InvalidArgument
+from ..units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE, align_up
 from .state import ErrorState
 
 MAGIC = b"DAXKITIM"
@@ -47,8 +61,10 @@ DATA_OFFSET = SLOT_OFFSET + 2 * SLOT_SIZE
 # magic, version, info_size, data_offset, data_size, state_offset, slot_size, clear_err_unit
 _INFO = struct.Struct("<8sIIQQQQI")
 _INFO_CRC_AT = 256
-_SLOT_MAGIC = b"DXST"
-_SLOT = struct.Struct("<4sIQI")  # magic, length, seq, crc32(seq bytes + payload)
+_SLOT_MAGIC = b"DXS2"
+_SLOT = struct.Struct("<4sQQQI")  # magic, seq, payload offset, payload length, crc32(seq..length + payload)
+_SLOT_V1 = struct.Struct("<4sIQI")  # b"DXST", length, seq, crc32(seq + payload): inline, older images
+INLINE_MAX = SLOT_SIZE - _SLOT.size  # larger payloads go past the data area
 # live page words (u64): generation, scrub running (pid or 0), scrub done, scrub total
 LIVE_GEN, LIVE_SCRUB_PID, LIVE_SCRUB_DONE, LIVE_SCRUB_TOTAL = range(4)
 
@@ -63,11 +79,14 @@ def _info_bytes(data_size: int, clear_err_unit: int) -> bytes:
     return bytes(block)
 
 
-def _slot_bytes(seq: int, payload: bytes) -> bytes:
-    if _SLOT.size + len(payload) > SLOT_SIZE:
-        raise NoSpace(f"error state too large for its slot ({len(payload)} bytes encoded, max {SLOT_SIZE})")
-    crc = zlib.crc32(struct.pack("<Q", seq) + payload)
-    return _SLOT.pack(_SLOT_MAGIC, len(payload), seq, crc) + payload
+def _slot_header(seq: int, where: int, payload: bytes) -> bytes:
+    fields = struct.pack("<QQQ", seq, where, len(payload))
+    return _SLOT_MAGIC + fields + struct.pack("<I", zlib.crc32(payload, zlib.crc32(fields)))
+
+
+def _image_error(e: OSError, doing: str, path: str) -> ImageError:
+    cls = ImageNotFound if e.errno == _errno.ENOENT else ImageError
+    return cls(f"cannot {doing}: {e.strerror}", errno=e.errno, path=path)
 
 
 def validate_geometry(size: int, clear_err_unit: int) -> None:
@@ -83,25 +102,63 @@ def create_image(
     """Write a new, empty image.  Built beside the target and renamed in, so a crash never
     leaves a half-made image under ``path`` and ``force`` never destroys the old one early."""
     validate_geometry(size, clear_err_unit)
-    if os.path.exists(path) and not force:
+    if os.path.isdir(path):
+        raise ImageError("is a directory", errno=_errno.EISDIR, path=path)
+    if os.path.lexists(path) and not force:
         raise ImageError("file exists (use force to overwrite)", errno=_errno.EEXIST, path=path)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    head, tail = os.path.split(path)
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd, tmp = tempfile.mkstemp(prefix=f".{tail}.", suffix=".tmp", dir=head or ".")
     except OSError as e:
-        raise ImageError(f"cannot create: {e.strerror}", errno=e.errno, path=path) from None
+        raise _image_error(e, "create", path) from None
     try:
+        os.fchmod(fd, 0o600)
         os.pwrite(fd, _info_bytes(size, clear_err_unit), 0)
         os.pwrite(fd, struct.pack("<Q", 1), LIVE_OFFSET)
-        os.pwrite(fd, _slot_bytes(1, ErrorState().encode()), SLOT_OFFSET)
+        payload = ErrorState().encode()
+        os.pwrite(fd, _slot_header(1, SLOT_OFFSET + _SLOT.size, payload) + payload, SLOT_OFFSET)
         os.ftruncate(fd, DATA_OFFSET + size)
         os.fsync(fd)
-    except OSError as e:
         os.close(fd)
+        fd = -1
+        _install(tmp, path, force)
+    except BaseException as e:
+        if fd >= 0:
+            os.close(fd)
+        with suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, DaxError):
+            raise _image_error(e, "write", path) from None
+        raise
+    with suppress(OSError):  # make the rename itself durable
+        dfd = os.open(head or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _install(tmp: str, path: str, force: bool) -> None:
+    """Rename the finished image in.  Without force, link(2) does it so that a file created
+    at ``path`` meanwhile is never overwritten; rename where the filesystem has no links."""
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise ImageError("file exists (use force to overwrite)", errno=_errno.EEXIST, path=path) from None
+    except OSError as e:
+        if e.errno not in (_errno.EPERM, _errno.EOPNOTSUPP, _errno.EMLINK):
+            raise
+        os.replace(tmp, path)
+    else:
         os.unlink(tmp)
-        raise ImageError(f"cannot write: {e.strerror}", errno=e.errno, path=path) from None
-    os.close(fd)
-    os.replace(tmp, path)
+
+
+def _ofd_lock(kind: int, byte: int) -> bytes:
+    """struct flock for one byte (l_pid must be 0 for OFD locks)."""
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, byte, 1, 0)
 
 
 class Image:
@@ -112,7 +169,7 @@ class Image:
         try:
             self.fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
-            raise ImageError("no such file", errno=_errno.ENOENT, path=path) from None
+            raise ImageNotFound("no such file", path=path) from None
         except IsADirectoryError:
             raise ImageError("is a directory, not a daxkit image", errno=_errno.EISDIR, path=path) from None
         except OSError as e:
@@ -122,6 +179,8 @@ class Image:
             self.live = mmap.mmap(self.fd, PAGE_SIZE, offset=LIVE_OFFSET)
             self.words = memoryview(self.live).cast("Q")
             self._tlock = threading.RLock()
+            self._scrubs = 0  # scrubs running on this open (threads share its OFD lock)
+            self._known: tuple[bytes, ErrorState | None] = (b"", None)  # payload, its state
             self.load()  # refuse an image whose error state cannot be read
         except BaseException:
             os.close(self.fd)
@@ -156,6 +215,7 @@ class Image:
             )
         self.data_offset = data_off
         self.data_size = data_size
+        self.data_end = data_off + data_size
         self.clear_err_unit = ceu
 
     # -- the shared error state -------------------------------------------------------------
@@ -163,25 +223,40 @@ class Image:
     def generation(self) -> int:
         return self.words[LIVE_GEN]
 
-    def _read_slots(self) -> tuple[int, ErrorState, int]:
-        """(seq, state, slot index) of the newest valid slot."""
+    def _read_slot(self, i: int, file_size: int) -> tuple[int, bytes, tuple[int, int]] | None:
+        """(seq, payload, (payload offset, length)) of slot i, or None if it holds no whole
+        state.  The payload must lie inside its slot or past the data area inside the file."""
+        at = SLOT_OFFSET + i * SLOT_SIZE
+        head = os.pread(self.fd, _SLOT.size, at)
+        if head[:4] == _SLOT_MAGIC and len(head) == _SLOT.size:
+            _, seq, where, length, crc = _SLOT.unpack(head)
+            signed = head[4:28]
+            inline = where == at + _SLOT.size and length <= SLOT_SIZE - _SLOT.size
+            if not (inline or (where >= self.data_end and where + length <= file_size)):
+                return None
+        elif head[:4] == b"DXST" and len(head) >= _SLOT_V1.size:
+            _, length, seq, crc = _SLOT_V1.unpack_from(head)
+            signed, where = struct.pack("<Q", seq), at + _SLOT_V1.size
+            if length > SLOT_SIZE - _SLOT_V1.size:
+                return None
+        else:
+            return None
+        payload = os.pread(self.fd, length, where)
+        if len(payload) != length or zlib.crc32(payload, zlib.crc32(signed)) != crc:
+            return None
+        return seq, payload, (where, length)
+
+    def _read_slots(self) -> tuple[int, ErrorState, int, tuple[int, int]]:
+        """(seq, state, slot index, payload extent) of the newest valid slot."""
+        size = os.fstat(self.fd).st_size
+        slots = [(slot, i) for i in (0, 1) if (slot := self._read_slot(i, size)) is not None]
         best = None
-        for i in (0, 1):
-            off = SLOT_OFFSET + i * SLOT_SIZE
-            head = os.pread(self.fd, _SLOT.size, off)
-            if len(head) < _SLOT.size:
+        for (seq, payload, extent), i in sorted(slots, key=lambda si: -si[0][0]):
+            try:
+                best = (seq, self._decode(payload), i, extent)
+                break
+            except (ValueError, KeyError, TypeError):
                 continue
-            magic, length, seq, crc = _SLOT.unpack(head)
-            if magic != _SLOT_MAGIC or length > SLOT_SIZE - _SLOT.size:
-                continue
-            payload = os.pread(self.fd, length, off + _SLOT.size)
-            if zlib.crc32(struct.pack("<Q", seq) + payload) != crc:
-                continue
-            if best is None or seq > best[0]:
-                try:
-                    best = (seq, ErrorState.decode(payload), i)
-                except (ValueError, KeyError, TypeError):
-                    continue
         if best is None:
             raise ImageError("error state is corrupted (no valid state slot)", path=self.path)
         if self.words[LIVE_GEN] > best[0]:
@@ -192,7 +267,35 @@ class Image:
                 "its slot fails its checksum)",
                 path=self.path,
             )
+        if best[0] > self.words[LIVE_GEN]:
+            # A committer died between its slot and the word: publish for it, or every
+            # reader would see "changed" on every access until the next commit.
+            self.words[LIVE_GEN] = best[0]
         return best
+
+    def _decode(self, payload: bytes) -> ErrorState:
+        """Decoding half a million ranges costs more than reading and checking them: the state
+        this open last read or wrote is reused when its bytes are the same (a memcmp)."""
+        if payload != self._known[0]:
+            self._known = (payload, ErrorState.decode(payload))
+        return self._known[1]
+
+    def _write_slot(self, i: int, seq: int, payload: bytes, keep: tuple[int, int]) -> int:
+        """Write ``payload`` as slot i's state ``seq`` without touching ``keep`` (the payload
+        of the state that stands).  Returns where the payload ends."""
+        at = SLOT_OFFSET + i * SLOT_SIZE
+        n = len(payload)
+        if n <= INLINE_MAX:
+            os.pwrite(self.fd, _slot_header(seq, at + _SLOT.size, payload) + payload, at)
+            return at + _SLOT.size + n
+        where = self.data_end
+        if keep[0] < where + n and keep[0] + keep[1] > where:
+            where = align_up(keep[0] + keep[1], PAGE_SIZE)
+        view, done = memoryview(payload), 0
+        while done < n:  # a write this large may be cut short
+            done += os.pwrite(self.fd, view[done:], where + done)
+        os.pwrite(self.fd, _slot_header(seq, where, payload), at)
+        return where + n
 
     @contextmanager
     def _flock(self, kind: int):
@@ -206,21 +309,31 @@ class Image:
     def load(self) -> tuple[int, ErrorState]:
         """The newest committed state and its generation."""
         with self._flock(fcntl.LOCK_SH):
-            seq, state, _ = self._read_slots()
+            seq, state, _, _ = self._read_slots()
             return seq, state
 
     def commit(self, change: Callable[[ErrorState], ErrorState]) -> tuple[int, ErrorState]:
         """Apply ``change`` to the newest state atomically, serialized with every other process.
-        ``change`` may raise to abort; nothing is written then."""
+        ``change`` may raise to abort; nothing is committed then, nor when the file system
+        cannot store the new state (the one limit left)."""
         with self._flock(fcntl.LOCK_EX):
-            seq, state, slot = self._read_slots()
+            seq, state, slot, keep = self._read_slots()
             new = change(state)
             if new is state or new == state:
                 return seq, state
             seq += 1
-            target = SLOT_OFFSET + (1 - slot) * SLOT_SIZE
-            os.pwrite(self.fd, _slot_bytes(seq, new.encode()), target)
+            payload = new.encode()
+            try:
+                end = self._write_slot(1 - slot, seq, payload, keep)
+            except OSError as e:
+                msg = f"cannot store the error state, nothing changed: {e.strerror}"
+                raise ImageError(msg, errno=e.errno, path=self.path) from None
             self.words[LIVE_GEN] = seq
+            self._known = (payload, new)
+            # Space past the data area that neither state uses any more goes back.
+            needed = max(self.data_end, end, keep[0] + keep[1])
+            if os.fstat(self.fd).st_size > needed:
+                os.ftruncate(self.fd, needed)
             return seq, new
 
     # -- the holder claim: one holder per device across processes ---------------------------
@@ -229,9 +342,8 @@ class Image:
     def claim_holder(self) -> bool:
         """Take the cross-process holder claim; False if another open of the image has it.
         OFD locks belong to this open, so a second open in the same process is refused too."""
-        lk = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, self._HOLDER_BYTE, 1, 0)
         try:
-            fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, lk)
+            fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_WRLCK, self._HOLDER_BYTE))
             return True
         except OSError as e:
             if e.errno in (_errno.EAGAIN, _errno.EACCES):
@@ -239,8 +351,33 @@ class Image:
             raise
 
     def release_holder(self) -> None:
-        lk = struct.pack("hhqqi4x", fcntl.F_UNLCK, os.SEEK_SET, self._HOLDER_BYTE, 1, 0)
-        fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, lk)
+        fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_UNLCK, self._HOLDER_BYTE))
+
+    # -- who is scrubbing: a shared OFD lock on byte 2 while any scrub of this open runs ------
+    _SCRUB_BYTE = 2
+
+    @contextmanager
+    def scrubbing(self):
+        """Mark a scrub as running for as long as the block runs (and not a moment longer, even
+        if the process is killed: the lock goes with the open file)."""
+        with self._tlock:
+            if self._scrubs == 0:
+                fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_RDLCK, self._SCRUB_BYTE))
+            self._scrubs += 1
+        try:
+            yield
+        finally:
+            with self._tlock:
+                self._scrubs -= 1
+                if self._scrubs == 0:
+                    fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_UNLCK, self._SCRUB_BYTE))
+
+    def scrub_running(self) -> bool:
+        """Is any open of this image scrubbing now?  (A pid in the live page is only a hint.)"""
+        if self._scrubs:
+            return True
+        probe = fcntl.fcntl(self.fd, fcntl.F_OFD_GETLK, _ofd_lock(fcntl.F_WRLCK, self._SCRUB_BYTE))
+        return struct.unpack_from("h", probe)[0] != fcntl.F_UNLCK
 
     # -- the data area ----------------------------------------------------------------------
     def map_data(self, offset: int = 0, length: int | None = None) -> mmap.mmap:
