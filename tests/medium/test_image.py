@@ -152,7 +152,8 @@ def test_torn_newer_slot_falls_back_to_older_state(img):
     """A crash while the new slot was being written: its checksum fails and the generation word
     still names the old state, so the old state stands."""
     with daxkit.create(img, "4M") as d:
-        d.inject_error(10, 1)  # commit, then the scrub commits: two slots in use
+        d.inject_error(10, 1, notify=False)  # commit, then the scrub commits: two slots in use
+        d.scrub()
         gen = d._img.generation
     _tear_newest_slot(img, gen)
     with open(img, "r+b") as f:

@@ -166,30 +166,40 @@ def test_killed_mid_commit_of_a_huge_state_leaves_old_or_new(img, inline_max):
     assert len(seen) > 1
 
 
-def test_a_limit_that_remains_refuses_before_anything_changes(img):
+LIMITED = """
+import os, resource, signal, sys, daxkit
+from daxkit.medium import image as imagemod
+from daxkit.medium.state import ErrorState
+imagemod.INLINE_MAX = 4096
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+d = daxkit.open(sys.argv[1])
+d.inject_error(0, 4, notify=False)
+# room for the injection's own state, not for the state its scrub makes
+injected = ErrorState(poison=[(b * 512, b * 512 + 256) for b in range(8000)], injected=[(0, 8000)])
+limit = d._img.data_end + len(injected.encode()) + 4096
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    d.inject_error(0, 8000, notify=sys.argv[2] == "notify")
+except daxkit.DaxError as e:
+    print("refused", e.errno)
+print(d.injected_errors(), d.scrub_count)
+"""
+
+
+@pytest.mark.parametrize("notify", ["notify", "no-notify"])
+def test_a_limit_that_remains_refuses_before_anything_changes(img, notify):
     """The file system's space is the one limit left: a commit that cannot store its state
-    fails with a clear error and leaves the committed state as it was."""
+    fails with a clear error and leaves the committed state as it was -- an injection with
+    notify included (its scrub is part of the same commit, not a second one that can fail)."""
     daxkit.create(img, "4M").close()
-    code = """
-    import resource, signal, sys, daxkit
-    from daxkit.medium import image as imagemod
-    imagemod.INLINE_MAX = 4096
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    d = daxkit.open(sys.argv[1])
-    d.inject_error(0, 4, notify=False)
-    size = __import__("os").path.getsize(sys.argv[1])
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 8192, size + 8192))
-    try:
-        d.inject_error(0, 8000, saturate=False, notify=False)
-    except daxkit.DaxError as e:
-        print("refused", e.errno)
-    print(d.injected_errors())
-    """
-    r = run_py(code, img)
+    r = run_py(LIMITED, img, notify)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["refused 27", "[{'block': 0, 'count': 4}]"]
+    if notify == "no-notify":  # the injection alone fits
+        assert r.stdout.splitlines() == ["[{'block': 0, 'count': 8000}] 0"]
+        return
+    assert r.stdout.splitlines() == ["refused 27", "[{'block': 0, 'count': 4}] 0"]
     with daxkit.open(img) as d:
-        assert d.injected_errors() == [{"block": 0, "count": 4}]
+        assert d.injected_errors() == [{"block": 0, "count": 4}] and d.badblocks.text() == ""
         d.inject_error(100, 1)  # and it goes on working
         assert d.badblocks.text() == "0 4\n100 1\n"
 

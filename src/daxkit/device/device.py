@@ -118,6 +118,13 @@ def _make_known(st: ErrorState, ivs: ranges.Intervals) -> tuple[ErrorState, bool
     return st.with_(bad_ranges=ranges.union(st.bad_ranges, ivs), badblocks=bb), overflow
 
 
+def _scrubbed(st: ErrorState, found: ranges.Intervals = ()) -> tuple[ErrorState, bool]:
+    """What an address range scrub leaves: every poisoned line (and ``found``, what the scan
+    saw) known, one more scrub counted.  Also returns whether the table overflowed."""
+    st2, overflow = _make_known(st, ranges.union(list(found), st.poison))
+    return st2.with_(scrub_count=st.scrub_count + 1), overflow
+
+
 class BadblocksView:
     """``dev.badblocks``: the live table of a device (iterable of (sector, count, acknowledged))."""
 
@@ -643,18 +650,19 @@ class DaxDevice:
         self._check_blocks(block, count)
         span = SECTOR_SIZE if saturate else min(SECTOR_SIZE, self.clear_err_unit)
 
-        def change(st: ErrorState) -> ErrorState:
-            if span == SECTOR_SIZE:
-                lines = [(block * SECTOR_SIZE, (block + count) * SECTOR_SIZE)]
-            else:
-                lines = [(b * SECTOR_SIZE, b * SECTOR_SIZE + span) for b in range(block, block + count)]
+        if span == SECTOR_SIZE:
+            lines = [(block * SECTOR_SIZE, (block + count) * SECTOR_SIZE)]
+        else:
+            lines = [(b * SECTOR_SIZE, b * SECTOR_SIZE + span) for b in range(block, block + count)]
+
+        def injected(st: ErrorState) -> ErrorState:
             return st.with_(
                 poison=ranges.union(st.poison, lines), injected=ranges.add(st.injected, block, block + count)
             )
 
-        self._commit(change)
-        if notify:
-            self.scrub()
+        # With notify the scrub is part of the same commit: a state too large to store is
+        # refused before anything changes, never after the injection alone went in.
+        self._commit((lambda st: _scrubbed(injected(st))[0]) if notify else injected)
 
     def uninject_error(self, block: int, count: int = 1) -> None:
         self._check_blocks(block, count)
@@ -709,8 +717,8 @@ class DaxDevice:
             report = ScrubReport(bytes_scanned=self.size)
 
             def change(st: ErrorState) -> ErrorState:
-                st2, report.overflow = _make_known(st, ranges.union(found, st.poison))
-                return st2.with_(scrub_count=st.scrub_count + 1)
+                st2, report.overflow = _scrubbed(st, found)
+                return st2
 
             st = self._commit(change)
         finally:
