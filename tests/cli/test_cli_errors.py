@@ -37,7 +37,7 @@ def check_error(r, *words):
         (["badblocks", "{img}", "--add", "nine 8"], ["badblocks"]),
         (["badblocks", "{img}", "--add", "8190 8"], ["past the device end"]),
         (["inject-error", "{img}", "-B", "8192"], ["outside the device"]),
-        (["inject-error", "{img}", "-B", "1", "-n", "0"], ["outside the device"]),
+        (["inject-error", "{img}", "-B", "1", "-n", "0"], ["count"]),
         (["inject-error", "{img}"], ["--block"]),
         (["create", "{img}", "--size", "4M"], ["exists"]),
         (["create", "{img}", "--size", "4M", "--force", "--clear-err-unit", "100"], ["clear_err_unit"]),

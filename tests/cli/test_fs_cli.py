@@ -60,6 +60,18 @@ def test_scan_names_the_file_and_range(image, tmp_path):
     )
 
 
+def test_df_prints_statfs(image, tmp_path):
+    import daxkit
+
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"\x01" * 3 * 4096)
+    ok("put", image, str(src), "/f")
+    shown = json.loads(ok("df", image))
+    with daxkit.open(image) as dev, daxkit.mount(dev, readonly=True) as fs:
+        assert shown == fs.statfs()
+    assert shown["f_bsize"] == 4096 and shown["f_blocks"] - shown["f_bfree"] >= 3
+
+
 def test_fsck_exit_code_on_damage(image):
     import daxkit
     from daxkit.medium.image import DATA_OFFSET

@@ -23,8 +23,9 @@ def badblocks(img) -> list[tuple[int, int]]:
 
 
 def status(img):
+    """ndctl's shape, {"badblocks": [{"block": b, "count": c}]}; nothing at all when there are none."""
     out = ok("inject-error", img, "--status")
-    return json.loads(out) if out.strip() else []
+    return json.loads(out)["badblocks"] if out else []
 
 
 @pytest.fixture
@@ -46,6 +47,11 @@ def test_inject_error_sh(image):
     # inject normally: badblocks reads "42 8"
     ok("inject-error", image, "-B", str(err_block), "-n", str(err_count))
     assert status(image) == [{"block": err_block, "count": err_count}]
+    ok("inject-error", image, "-B", str(err_block + err_count), "-n", "2", "-N")  # merged, as ndctl shows it
+    assert json.loads(ok("inject-error", image, "--status")) == {
+        "badblocks": [{"block": err_block, "count": err_count + 2}]
+    }
+    ok("inject-error", image, "-B", str(err_block + err_count), "-n", "2", "--uninject")
     assert badblocks(image) == [(err_block, err_count)]
     # clear via write (dd if=/dev/zero bs=512 count=8 seek=42 oflag=direct): both empty
     ok("write", image, "--offset", str(err_block * 512), "--zero", str(err_count * 512))
