@@ -398,14 +398,15 @@ def cmd_mkfs(a) -> None:
 def cmd_ls(a) -> None:
     with _Mounted(a.image, readonly=True) as fs:
         st = fs.stat(a.path)
-        names = fs.listdir(a.path) if stat.S_ISDIR(st.st_mode) else [a.path.rstrip("/").rsplit("/", 1)[-1]]
-        base = a.path if stat.S_ISDIR(st.st_mode) else a.path.rsplit("/", 1)[0] or "/"
-        rows = []
-        for name in names:
-            s = fs.stat(f"{base.rstrip('/')}/{name}")
-            rows.append(
-                {"name": name, "type": "dir" if stat.S_ISDIR(s.st_mode) else "file", "size": s.st_size}
-            )
+        # one view of the directory: beside a live writer, names listed then stat'ed may be gone
+        if stat.S_ISDIR(st.st_mode):
+            entries = fs.scandir(a.path)
+        else:
+            entries = [(a.path.rstrip("/").rsplit("/", 1)[-1], st)]
+        rows = [
+            {"name": name, "type": "dir" if stat.S_ISDIR(s.st_mode) else "file", "size": s.st_size}
+            for name, s in entries
+        ]
     if a.long:
         _emit(rows)
     else:
