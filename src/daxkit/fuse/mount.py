@@ -5,7 +5,9 @@ handler, and punch-hole through the mount is part of the contract; mfusepy has i
 
 Rules
   * Errors are the filesystem's errnos, unchanged: a read over known poison is EIO, an
-    unaligned write over it EFAULT, a shut-down filesystem EIO.
+    unaligned write over it EFAULT, a shut-down filesystem EIO.  Every handler is an errno
+    boundary: any other exception becomes an errno too (EINVAL for bad values, EIO for the
+    rest), so nothing reaches mfusepy, whose fallback would log and guess.
   * A read replies with the whole request, or fewer bytes only at end of file, or EIO: the
     kernel takes a short reply for end of file (and may zero-fill the rest of the page), so
     poison met mid-request must be EIO, never a short count.  Hence no direct_io/keep_cache.
@@ -14,24 +16,54 @@ Rules
     reader asks us and gets EIO, and an mmap load of the page gets SIGBUS.  Invalidation runs on
     a worker thread: calling it from inside a request handler could wait on a page lock held for
     that very request.
+  * The kernel checks permissions (``default_permissions``) against the mode we report, for
+    every user of the machine (``allow_other``, where fuse.conf permits) unless the mount is
+    private.  Ownership is not stored yet: files belong to the server's user, and ``chown``
+    to anyone else is EPERM, never a silent no-op.
+  * Times are nanoseconds both ways; utimensat's UTIME_NOW/UTIME_OMIT reach the filesystem as
+    the markers they are (see ``_fuse_class``).
   * ``user.daxkit.bad_ranges`` (xattr) is the file's bad ranges as JSON.
+
+Theory of operation
+  ``serve`` runs libfuse's loop on a worker thread while the main thread holds SIGINT, SIGTERM
+  and SIGHUP: a signal ends the loop the way ``fuse_exit`` does (libfuse then detaches the
+  mount), and ``serve`` returns the signal's number after closing the filesystem and device.
+  ``mount_background`` forks a server and waits for its ``init``.  ``unmount`` unmounts only
+  daxkit mounts, and a busy one only when asked to detach lazily.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import json
 import logging
 import os
 import queue
+import re
+import shutil
+import signal
 import stat as _stat
+import subprocess
 import threading
 
-from ..errors import DaxError
+from ..errors import Busy, DaxError
 
 XATTR_BAD_RANGES = "user.daxkit.bad_ranges"
 O_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
+FSTYPE = b"fuse.daxfs"  # what /proc/self/mountinfo shows for our mounts (subtype "daxfs")
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # utimensat(2)'s tv_nsec markers
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STATVFS_KEYS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                "f_favail", "f_flag", "f_namemax")  # fmt: skip
+# errnos for exceptions that carry none, first match wins (UnicodeError is a ValueError)
+ERRNO_OF_EXCEPTION = (
+    (OverflowError, errno.EOVERFLOW),
+    (ValueError, errno.EINVAL),
+    (TypeError, errno.EINVAL),
+)
+log = logging.getLogger(__name__)
 
 
 def _import_mfusepy():
@@ -46,11 +78,58 @@ def _import_mfusepy():
 
 
 def _errno_of(e: BaseException) -> int:
-    return e.errno if isinstance(e, OSError) and isinstance(e.errno, int) and e.errno > 0 else errno.EIO
+    if isinstance(e, OSError) and isinstance(e.errno, int) and e.errno > 0:
+        return e.errno
+    for kind, code in ERRNO_OF_EXCEPTION:
+        if isinstance(e, kind):
+            return code
+    return errno.EIO
+
+
+def _ns_of_timespec(ts) -> int:
+    """A utimens timespec in nanoseconds, or the UTIME_NOW/UTIME_OMIT marker it carries (libfuse
+    passes tv_sec 0 with them, so folding would make them times 1.07 s after the epoch)."""
+    if ts.tv_nsec in (UTIME_NOW, UTIME_OMIT):
+        return ts.tv_nsec
+    return ts.tv_sec * 10**9 + ts.tv_nsec
+
+
+def _fuse_class(mfusepy):
+    """mfusepy's FUSE, with utimens keeping UTIME_NOW/UTIME_OMIT: with ``use_ns`` mfusepy hands
+    the handler ``tv_sec * 10**9 + tv_nsec``, in which the markers are lost."""
+
+    class DaxFUSE(mfusepy.FUSE):
+        def utimens_fuse_2(self, path, buf):
+            times = None
+            if buf:
+                times = (_ns_of_timespec(buf.contents.actime), _ns_of_timespec(buf.contents.modtime))
+            return self.operations.utimens(
+                None if path is None else path.decode(self.encoding, self.errors), times
+            )
+
+        def utimens_fuse_3(self, path, buf, fip):
+            return self.utimens_fuse_2(path, buf)
+
+    return DaxFUSE
 
 
 def make_operations(fs, mfusepy):
     FuseOSError = mfusepy.FuseOSError
+
+    def handler(fn):
+        """An errno boundary: whatever ``fn`` raises leaves as a FuseOSError."""
+
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except FuseOSError:
+                raise
+            except Exception as e:
+                log.debug("%s%r: %r", fn.__name__, args[1:], e)
+                raise FuseOSError(_errno_of(e)) from None
+
+        return guarded
 
     class DaxFuse(mfusepy.Operations):
         use_ns = True
@@ -58,6 +137,7 @@ def make_operations(fs, mfusepy):
         def __init__(self):
             # Attribute names are private: mfusepy treats public names as FUSE operations.
             self._fs = fs
+            self._owner = (os.getuid(), os.getgid())
             self._files: dict[int, object] = {}
             self._next_fh = 1
             self._fh_lock = threading.Lock()
@@ -69,6 +149,8 @@ def make_operations(fs, mfusepy):
             lib = mfusepy._libfuse
             lib.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
             lib.fuse_invalidate_path.restype = ctypes.c_int
+            lib.fuse_exit.argtypes = [ctypes.c_void_p]
+            lib.fuse_exit.restype = None
             threading.Thread(target=self._invalidator, name="daxkit-fuse-inval", daemon=True).start()
 
         # -- cache invalidation ----------------------------------------------------------------
@@ -86,75 +168,98 @@ def make_operations(fs, mfusepy):
                         self._fuse_ptr, path.encode("utf-8", "surrogateescape")
                     )
 
+        def _exit_loop(self) -> None:
+            """End the loop as fuse_exit does (it notices at its next wake-up)."""
+            if self._fuse_ptr is not None:
+                mfusepy._libfuse.fuse_exit(self._fuse_ptr)
+
         def init(self, path):
-            self._fuse_ptr = mfusepy._libfuse.fuse_get_context().contents.fuse
-            self._ready.set()
-            if self._on_ready_cb is not None:
-                self._on_ready_cb()
+            try:
+                self._fuse_ptr = mfusepy._libfuse.fuse_get_context().contents.fuse
+                self._ready.set()
+                if self._on_ready_cb is not None:
+                    self._on_ready_cb()
+            except Exception:  # init cannot fail in libfuse; a lost ready note times out instead
+                log.exception("init")
 
         def destroy(self, path):
             self._inval.put(None)
 
         # -- attributes ----------------------------------------------------------------------------
+        @handler
         def getattr(self, path, fh=None):
-            st = self._call(fs.stat, path)
-            mtime, ctime = int(st.st_mtime * 1e9), int(st.st_ctime * 1e9)
+            st = fs.stat(path)
             return {
                 "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_size": st.st_size,
-                "st_uid": os.getuid(), "st_gid": os.getgid(), "st_blocks": st.st_blocks,
-                "st_blksize": st.st_blksize, "st_mtime": mtime, "st_ctime": ctime, "st_atime": mtime,
+                "st_uid": self._owner[0], "st_gid": self._owner[1], "st_blocks": st.st_blocks,
+                "st_blksize": st.st_blksize,
+                "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns,
             }  # fmt: skip
 
+        @handler
         def chmod(self, path, mode):
-            self._call(fs.chmod, path, mode)
+            fs.chmod(path, mode)
             return 0
 
+        @handler
         def chown(self, path, uid, gid):
+            fs.stat(path)  # a missing file is ENOENT before it is EPERM
+            if uid not in (-1, self._owner[0]) or gid not in (-1, self._owner[1]):
+                raise FuseOSError(errno.EPERM)  # ownership is not stored (yet): refuse, never ignore
+            fs.utime(path, (UTIME_OMIT, UTIME_OMIT))  # chown(2) marks ctime even when nothing changes
             return 0
 
+        @handler
         def utimens(self, path, times=None):
-            self._call(fs.utime, path, None if times is None else times[1] / 1e9)
+            if times is None:
+                fs.utime(path)
+            else:
+                fs.utime(path, (int(times[0]), int(times[1])))
             return 0
 
+        @handler
         def statfs(self, path):
-            s = self._call(fs.statfs)
-            return {
-                "f_bsize": s["block_size"], "f_frsize": s["block_size"], "f_blocks": s["blocks"],
-                "f_bfree": s["blocks_free"], "f_bavail": s["blocks_free"], "f_files": s["files"] + 1000000,
-                "f_ffree": 1000000, "f_namemax": s["name_max"],
-            }  # fmt: skip
+            s = fs.statfs()
+            return {key: s[key] for key in STATVFS_KEYS if key in s}
 
+        @handler
         def getxattr(self, path, name, position=0):
             if name != XATTR_BAD_RANGES:
                 raise FuseOSError(errno.ENODATA)
-            f = self._call(fs.open, path, "r")
+            f = fs.open(path, "r")
             try:
-                bad = self._call(f.bad_ranges)
+                bad = f.bad_ranges()
             finally:
                 f.close()
             return json.dumps([{"offset": o, "length": n} for o, n in bad]).encode()
 
+        @handler
         def listxattr(self, path):
-            return [XATTR_BAD_RANGES] if not _stat.S_ISDIR(self._call(fs.stat, path).st_mode) else []
+            return [XATTR_BAD_RANGES] if not _stat.S_ISDIR(fs.stat(path).st_mode) else []
 
         # -- namespace -----------------------------------------------------------------------------
+        @handler
         def readdir(self, path, fh):
-            return [".", ".."] + self._call(fs.listdir, path)
+            return [".", ".."] + fs.listdir(path)
 
+        @handler
         def mkdir(self, path, mode):
-            self._call(fs.mkdir, path, mode & 0o7777)
+            fs.mkdir(path, mode & 0o7777)
             return 0
 
+        @handler
         def rmdir(self, path):
-            self._call(fs.rmdir, path)
+            fs.rmdir(path)
             return 0
 
+        @handler
         def unlink(self, path):
-            self._call(fs.unlink, path)
+            fs.unlink(path)
             return 0
 
+        @handler
         def rename(self, old, new):
-            self._call(fs.rename, old, new)
+            fs.rename(old, new)
             return 0
 
         # -- files -------------------------------------------------------------------------------
@@ -171,40 +276,51 @@ def make_operations(fs, mfusepy):
                 raise FuseOSError(errno.EBADF)
             return f
 
+        @handler
         def create(self, path, mode, fi=None):
-            f = self._call(fs.open, path, "x+")
-            if mode & 0o7777 != 0o644:
-                self._call(fs.chmod, path, mode)
+            f = fs.open(path, "x+")
+            try:
+                if mode & 0o7777 != 0o644:
+                    fs.chmod(path, mode & 0o7777)
+            except BaseException:
+                f.close()
+                raise
             return self._add(f)
 
+        @handler
         def open(self, path, flags):
-            mode = "r" if flags & O_ACCMODE == os.O_RDONLY else "r+"
-            return self._add(self._call(fs.open, path, mode))
+            return self._add(fs.open(path, "r" if flags & O_ACCMODE == os.O_RDONLY else "r+"))
 
+        @handler
         def read(self, path, size, offset, fh):
             # The kernel takes a short reply for end of file: the whole request or EIO (SPEC 6).
-            return self._call(self._file(fh).pread_exact, size, offset)
+            return self._file(fh).pread_exact(size, offset)
 
+        @handler
         def write(self, path, data, offset, fh):
-            return self._call(self._file(fh).pwrite, data, offset)
+            return self._file(fh).pwrite(data, offset)
 
+        @handler
         def truncate(self, path, length, fh=None):
-            if fh is not None and fh in self._files and self._files[fh].writable:
-                self._call(self._files[fh].truncate, length)
+            f = self._files.get(fh) if fh is not None else None
+            if f is not None and f.writable:
+                f.truncate(length)
                 return 0
-            f = self._call(fs.open, path, "r+")
+            f = fs.open(path, "r+")
             try:
-                self._call(f.truncate, length)
+                f.truncate(length)
             finally:
                 f.close()
             return 0
 
+        @handler
         def fallocate(self, path, mode, offset, size, fh):
-            self._call(self._file(fh).fallocate, mode, offset, size)
+            self._file(fh).fallocate(mode, offset, size)
             return 0
 
+        @handler
         def fsync(self, path, datasync, fh):
-            self._call(self._file(fh).fsync)
+            self._file(fh).fsync()
             return 0
 
         def flush(self, path, fh):
@@ -215,29 +331,102 @@ def make_operations(fs, mfusepy):
             if f is not None:
                 try:
                     f.close()
-                except DaxError:
-                    pass
+                except Exception as e:  # close(2) has returned already; nobody is left to tell
+                    log.debug("release %s: %r", path, e)
             return 0
-
-        @staticmethod
-        def _call(fn, *args):
-            try:
-                return fn(*args)
-            except FuseOSError:
-                raise
-            except (OSError, ValueError) as e:
-                raise FuseOSError(_errno_of(e)) from None
 
     return DaxFuse()
 
 
-def serve(image: str, mountpoint: str, on_ready=None, on_error=None) -> None:
-    """Mount ``image`` at ``mountpoint`` and serve until unmounted (blocks)."""
+# -- serving -------------------------------------------------------------------------------------
+def _check_mountpoint(mountpoint: str) -> None:
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise DaxError("mount point does not exist", errno=errno.ENOENT, path=mountpoint) from None
+    except OSError as e:
+        raise DaxError(f"mount point: {e.strerror}", errno=_errno_of(e), path=mountpoint) from None
+    if not _stat.S_ISDIR(st.st_mode):
+        raise DaxError("mount point is not a directory", errno=errno.ENOTDIR, path=mountpoint)
+
+
+def _allow_other_permitted() -> bool:
+    """fusermount3 lets root, or anyone when /etc/fuse.conf says user_allow_other, open a mount
+    to other users."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/etc/fuse.conf") as f:
+            return any(line.strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
+def _mount_options(private: bool) -> dict:
+    options = {"default_permissions": True}
+    if not private and _allow_other_permitted():
+        options["allow_other"] = True
+    return options
+
+
+def _run_until_signal(ops, run) -> int | None:
+    """Run the FUSE loop ``run()`` on a worker thread while this thread takes STOP_SIGNALS.
+
+    A signal is recorded by a Python handler, which keeps libfuse's own handlers out (it installs
+    them only over SIG_DFL, and they end the loop without saying which signal).  Once the mount is
+    up, the loop is ended with fuse_exit, and the worker's blocking read of /dev/fuse is
+    interrupted by sending it the signal, again until the loop has ended (a signal that lands just
+    before the read would be missed).  Returns the signal's number, or None when unmounted."""
+    if threading.current_thread() is not threading.main_thread():
+        run()  # only the main thread can take signals; the caller owns them
+        return None
+    got: list[int] = []
+    failed: list[BaseException] = []
+
+    def note(signum, frame):
+        if not got:
+            got.append(signum)
+
+    def loop():
+        try:
+            run()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            failed.append(e)
+
+    # a signal the caller ignores (a background job's SIGINT) stays ignored
+    old = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
+    worker = threading.Thread(target=loop, name="daxkit-fuse-loop")
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.05)
+            if got and ops._fuse_ptr is not None and worker.is_alive():
+                ops._exit_loop()
+                signal.pthread_kill(worker.ident, got[0])
+    finally:
+        if worker.is_alive():  # this thread failed: end the loop before the filesystem goes
+            ops._exit_loop()
+            while worker.is_alive():
+                signal.pthread_kill(worker.ident, STOP_SIGNALS[0])
+                worker.join(0.05)
+        ctypes.pythonapi.PyErr_CheckSignals()  # a wake-up still pending runs ``note``, not the old handler
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if failed and not (got and isinstance(failed[0], RuntimeError)):
+        raise failed[0]  # fuse_main's status after a signal is no failure
+    return got[0] if got else None
+
+
+def serve(image: str, mountpoint: str, on_ready=None, on_error=None, *, private: bool = False) -> int | None:
+    """Mount ``image`` at ``mountpoint`` and serve until it is unmounted or a SIGINT, SIGTERM or
+    SIGHUP arrives; return that signal's number (None when unmounted).  Either way the mount is
+    gone, the filesystem unmounted and the device closed when this returns.  ``private`` keeps the
+    mount to this user; otherwise every user may use it, with the kernel checking permissions."""
     import daxkit
 
     mfusepy = _import_mfusepy()
-    if not os.path.isdir(mountpoint):
-        raise DaxError("mount point is not a directory", errno=errno.ENOTDIR, path=mountpoint)
+    _check_mountpoint(mountpoint)
+    options = _mount_options(private)
     dev = daxkit.open(image)
     try:
         fs = daxkit.mount(dev)
@@ -247,14 +436,27 @@ def serve(image: str, mountpoint: str, on_ready=None, on_error=None) -> None:
     try:
         ops = make_operations(fs, mfusepy)
         ops._on_ready_cb = on_ready
-        mfusepy.FUSE(ops, mountpoint, foreground=True, nothreads=True, fsname="daxkit", subtype="daxfs")
+        fuse = _fuse_class(mfusepy)
+
+        def run():
+            fuse(
+                ops, mountpoint, foreground=True, nothreads=True, fsname="daxkit", subtype="daxfs", **options
+            )
+
+        try:
+            return _run_until_signal(ops, run)
+        except RuntimeError as e:  # fuse_main's status; libfuse has said why on stderr
+            raise DaxError(
+                f"libfuse could not serve the mount (status {e})", errno=errno.EIO, path=mountpoint
+            ) from None
     finally:
         fs.unmount()
         dev.close()
 
 
-def mount_background(image: str, mountpoint: str, timeout: float = 30.0) -> int:
+def mount_background(image: str, mountpoint: str, timeout: float = 30.0, *, private: bool = False) -> int:
     """Fork a server for the mount; return its pid once the mount is live, or raise its error."""
+    _check_mountpoint(mountpoint)  # the common mistake, reported without a fork
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the server
@@ -269,11 +471,11 @@ def mount_background(image: str, mountpoint: str, timeout: float = 30.0) -> int:
 
         code = 0
         try:
-            serve(image, mountpoint, on_ready=ready)
+            serve(image, mountpoint, on_ready=ready, private=private)
         except BaseException as e:  # noqa: BLE001 - report anything to the parent, then exit
             msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             try:
-                os.write(wfd, f"E {msg}\n".encode())
+                os.write(wfd, f"E {_errno_of(e)} {msg}\n".encode(errors="replace"))
             except OSError:
                 pass
             code = 1
@@ -288,21 +490,54 @@ def mount_background(image: str, mountpoint: str, timeout: float = 30.0) -> int:
         return pid
     if line.startswith("E "):
         os.waitpid(pid, 0)
-        raise DaxError(line[2:].strip(), errno=errno.EIO)
+        code, _, msg = line[2:].strip().partition(" ")
+        raise DaxError(msg, errno=int(code) if code.isdigit() else errno.EIO)
     raise DaxError(f"the mount server did not come up within {timeout:.0f} s", errno=errno.ETIMEDOUT)
 
 
-def unmount(mountpoint: str) -> None:
-    import shutil
-    import subprocess
+# -- unmounting ----------------------------------------------------------------------------------
+def _fstype_at(mountpoint: str) -> bytes:
+    """The filesystem type mounted at ``mountpoint`` (the topmost one); ENOENT if the path does
+    not exist, EINVAL if it is not a mount point.  Read from mountinfo rather than stat, which
+    fails on a mount whose server died (ENOTCONN)."""
+    path = os.path.realpath(mountpoint)
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        raise DaxError("mount point does not exist", errno=errno.ENOENT, path=mountpoint) from None
+    except OSError:
+        pass  # a dead FUSE mount: ENOTCONN; it exists
+    want = os.fsencode(path)
+    found = None
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            if point == want:
+                found = fields[fields.index(b"-") + 1]
+    if found is None:
+        raise DaxError("not a mount point", errno=errno.EINVAL, path=mountpoint)
+    return found
 
+
+def unmount(mountpoint: str, lazy: bool = False) -> None:
+    """Unmount a daxkit FUSE mount.  A busy mount (a file open in it, a process inside it) is
+    EBUSY and stays mounted, unless ``lazy``: then it is detached from the tree now and its
+    server ends when the last user lets go (umount -l)."""
+    fstype = _fstype_at(mountpoint)
+    if fstype != FSTYPE:
+        raise DaxError(
+            f"not a daxkit mount (it is {fstype.decode(errors='replace')})",
+            errno=errno.EINVAL,
+            path=mountpoint,
+        )
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmds = [[tool, "-u", mountpoint], [tool, "-uz", mountpoint]] if tool else []
-    cmds.append(["umount", "-l", mountpoint])
-    last = ""
-    for cmd in cmds:
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode == 0:
-            return
-        last = r.stderr.strip() or r.stdout.strip()
-    raise DaxError(f"cannot unmount: {last}", errno=errno.EINVAL, path=mountpoint)
+    cmd = [tool, "-uz" if lazy else "-u"] if tool else ["umount", "-l"] if lazy else ["umount"]
+    r = subprocess.run([*cmd, mountpoint], capture_output=True, text=True)
+    if r.returncode == 0:
+        return
+    why = r.stderr.strip() or r.stdout.strip()
+    if "busy" in why.lower():
+        raise Busy("mount point is busy: a file in it is open or a process is inside it "
+                   "(umount --lazy detaches it anyway)", path=mountpoint)  # fmt: skip
+    raise DaxError(f"cannot unmount: {why}", errno=errno.EPERM, path=mountpoint)
