@@ -157,16 +157,20 @@ def test_fio_random_write_with_crc32c_verify(tmp_path):
     mnt.mkdir()
     m = Mount(image, str(mnt))
     try:
+        work = tmp_path / "fio-cwd"  # fio writes its verify state into the current directory
+        work.mkdir()
         r = subprocess.run(
             [
                 "fio", "--name=verify", f"--filename={mnt}/fio.dat", "--size=64M", "--rw=randwrite",
                 "--bs=4k", "--ioengine=psync", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-                "--output-format=json",
+                "--verify_state_save=0", "--output-format=json",
             ],
             capture_output=True,
             timeout=600,
+            cwd=work,
         )  # fmt: skip
         assert r.returncode == 0, r.stderr.decode()[-2000:]
+        assert os.listdir(work) == []  # and nothing anywhere else (the repository once got one)
         job = json.loads(r.stdout)["jobs"][0]
         assert job["error"] == 0 and job["write"]["io_bytes"] == 64 << 20
         assert job["read"]["io_bytes"] == 64 << 20  # the verify pass read everything back
