@@ -406,9 +406,12 @@ def _run_until_signal(ops, run) -> int | None:
     finally:
         if worker.is_alive():  # this thread failed: end the loop before the filesystem goes
             ops._exit_loop()
-            while worker.is_alive():
-                signal.pthread_kill(worker.ident, STOP_SIGNALS[0])
+            for _ in range(100):
+                if old:  # only a signal with ``note`` installed is safe to send
+                    signal.pthread_kill(worker.ident, next(iter(old)))
                 worker.join(0.05)
+                if not worker.is_alive():
+                    break
         ctypes.pythonapi.PyErr_CheckSignals()  # a wake-up still pending runs ``note``, not the old handler
         for sig, handler in old.items():
             signal.signal(sig, handler)
