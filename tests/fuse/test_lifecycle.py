@@ -189,3 +189,22 @@ def test_a_missing_mount_point_is_named_missing(tmp_path):
     assert ei.value.errno == errno.ENOTDIR
     r = cli("mount", image, missing, check=False)
     assert r.returncode != 0 and b"does not exist" in r.stderr, r.stderr
+
+
+def test_umount_returns_once_the_image_is_free(tmp_path):
+    """The kernel detaches a mount before its server closes the image: `daxkit umount` waits for
+    the server, so a command right after it never finds the filesystem still mounted."""
+    image = make_image(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 5000)
+    for i in range(3):
+        m = Mount(image, str(mnt))
+        with open(m.path(f"f{i}"), "wb") as f:
+            f.write(b"y" * 100)
+        cli("umount", str(mnt))
+        r = cli("put", image, str(src), f"/after{i}", check=False)
+        assert r.returncode == 0, r.stderr
+        m.umount()
+    assert _assert_clean(image) == ["after0", "after1", "after2", "f0", "f1", "f2"]

@@ -47,6 +47,7 @@ import signal
 import stat as _stat
 import subprocess
 import threading
+import time
 
 from ..errors import Busy, DaxError
 
@@ -442,9 +443,8 @@ def serve(image: str, mountpoint: str, on_ready=None, on_error=None, *, private:
         fuse = _fuse_class(mfusepy)
 
         def run():
-            fuse(
-                ops, mountpoint, foreground=True, nothreads=True, fsname="daxkit", subtype="daxfs", **options
-            )
+            fsname = f"daxkit:{os.getpid()}"  # unmount waits for this pid to let go of the image
+            fuse(ops, mountpoint, foreground=True, nothreads=True, fsname=fsname, subtype="daxfs", **options)
 
         try:
             return _run_until_signal(ops, run)
@@ -499,8 +499,8 @@ def mount_background(image: str, mountpoint: str, timeout: float = 30.0, *, priv
 
 
 # -- unmounting ----------------------------------------------------------------------------------
-def _fstype_at(mountpoint: str) -> bytes:
-    """The filesystem type mounted at ``mountpoint`` (the topmost one); ENOENT if the path does
+def _fstype_at(mountpoint: str) -> tuple[bytes, bytes]:
+    """(type, source) of what is mounted at ``mountpoint`` (the topmost one); ENOENT if the path does
     not exist, EINVAL if it is not a mount point.  Read from mountinfo rather than stat, which
     fails on a mount whose server died (ENOTCONN)."""
     path = os.path.realpath(mountpoint)
@@ -517,17 +517,17 @@ def _fstype_at(mountpoint: str) -> bytes:
             fields = line.split()
             point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
             if point == want:
-                found = fields[fields.index(b"-") + 1]
+                found = fields[fields.index(b"-") + 1 :][:2]
     if found is None:
         raise DaxError("not a mount point", errno=errno.EINVAL, path=mountpoint)
-    return found
+    return found[0], found[1] if len(found) > 1 else b""
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> None:
     """Unmount a daxkit FUSE mount.  A busy mount (a file open in it, a process inside it) is
     EBUSY and stays mounted, unless ``lazy``: then it is detached from the tree now and its
     server ends when the last user lets go (umount -l)."""
-    fstype = _fstype_at(mountpoint)
+    fstype, source = _fstype_at(mountpoint)
     if fstype != FSTYPE:
         raise DaxError(
             f"not a daxkit mount (it is {fstype.decode(errors='replace')})",
@@ -538,9 +538,29 @@ def unmount(mountpoint: str, lazy: bool = False) -> None:
     cmd = [tool, "-uz" if lazy else "-u"] if tool else ["umount", "-l"] if lazy else ["umount"]
     r = subprocess.run([*cmd, mountpoint], capture_output=True, text=True)
     if r.returncode == 0:
+        if not lazy:
+            _wait_for_server(source)
         return
     why = r.stderr.strip() or r.stdout.strip()
     if "busy" in why.lower():
         raise Busy("mount point is busy: a file in it is open or a process is inside it "
                    "(umount --lazy detaches it anyway)", path=mountpoint)  # fmt: skip
     raise DaxError(f"cannot unmount: {why}", errno=errno.EPERM, path=mountpoint)
+
+
+def _wait_for_server(source: bytes, timeout: float = 10.0) -> None:
+    """The kernel detaches a mount before its server lets go of the image: wait for the server
+    (its pid is in the mount's source, "daxkit:PID") so that the image is free when we return."""
+    _, _, pid_text = source.partition(b":")
+    pid = int(pid_text) if pid_text.isdigit() else 0
+    if pid <= 0 or pid == os.getpid():
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                    return  # exited; its parent has not reaped it yet
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.005)
