@@ -2,18 +2,9 @@
 machine-readable output is JSON.  Every failure becomes one `daxkit: error: ...` line on stderr
 and a non-zero exit; this is the only place exceptions are turned into text.
 
-Three rules hold for every verb, and live here once rather than in each verb:
-
-- Whole or nothing: a file the command writes (``get``, ``read -o``, ``put`` inside the
-  filesystem) is written under a temporary name beside its destination and renamed over it only
-  when complete; any failure, a signal included, removes the temporary (``_write_local``,
-  ``_write_fs``).
-- Signals end a command quietly (exit 128 + the signal): SIGINT, SIGTERM and SIGHUP raise
-  ``Interrupted`` where the command is, except inside a ``_signals.critical()`` section (a
-  change being made, a file being put in place, its cleanup), where they wait for the section to
-  end, so a signal never lands between a change and its undo.
-- A closed output pipe ends a command quietly (exit 141, as if killed by SIGPIPE), with stdout
-  pointed at /dev/null so the interpreter's last flush has nothing to complain about."""
+The rules every verb obeys (whole or nothing, quiet ends on signals and on closed pipes) live once
+in ``safety.py``; a verb writes its output through ``write_local``/``write_fs`` and marks a change
+it makes with ``signals.critical()``."""
 
 from __future__ import annotations
 
@@ -21,92 +12,26 @@ import argparse
 import errno
 import json
 import os
-import posixpath
 import re
-import secrets
 import signal
 import stat
 import sys
-import tempfile
-import threading
 import time
-from contextlib import contextmanager
 
 import daxkit
 
 from ..errors import DaxError
 from ..units import parse_size
 from .progress import Progress
+from .safety import EXIT_PIPE, Interrupted, signals, silence_stdout, write_fs, write_local
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DAMAGE = 4  # fsck found damage, get --recover lost bytes (fsck(8)'s "errors left uncorrected")
-EXIT_PIPE = 128 + signal.SIGPIPE
 
 
 class CliError(Exception):
     """A problem with the command line itself, found after parsing."""
-
-
-# -- signals ---------------------------------------------------------------------------------------
-class Interrupted(KeyboardInterrupt):
-    """An ending signal arrived; the command stops with exit status 128 + ``signum``."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _Signals:
-    """SIGINT, SIGTERM and SIGHUP raise ``Interrupted``; inside ``critical()`` they are held and
-    raised when the outermost section ends (or at ``check()``, a section's own stopping point)."""
-
-    ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self):
-        self.depth = 0
-        self.pending = 0
-        self.saved: dict[int, object] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # only the main thread takes signals; an embedding caller keeps its own
-        for sig in self.ENDING:
-            old = signal.getsignal(sig)
-            if old is not signal.SIG_IGN:  # nohup and background jobs ignore some on purpose
-                self.saved[sig] = old
-                signal.signal(sig, self._on_signal)
-
-    def restore(self) -> None:
-        while self.saved:
-            sig, old = self.saved.popitem()
-            signal.signal(sig, old)
-        self.depth = self.pending = 0
-
-    def _on_signal(self, signum: int, frame) -> None:
-        if self.depth:
-            self.pending = self.pending or signum
-        else:
-            raise Interrupted(signum)
-
-    def check(self) -> None:
-        """Raise a held signal now: a critical section calls this before its point of no return."""
-        if self.pending:
-            signum, self.pending = self.pending, 0
-            raise Interrupted(signum)
-
-    @contextmanager
-    def critical(self):
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-        if not self.depth:
-            self.check()
-
-
-_signals = _Signals()
 
 
 # -- argument types: every numeric option names itself and its value when refused ---------------
@@ -164,109 +89,6 @@ def _emit(obj) -> None:
     print(json.dumps(obj, indent=2))
 
 
-# -- whole or nothing ------------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_local(dst: str | None, data) -> None:
-    """Put ``data`` at the local path ``dst`` whole, or leave ``dst`` as it was.  ``None`` or "-"
-    is stdout.  The bytes go to a new file beside the destination (mkstemp: O_EXCL|O_NOFOLLOW,
-    so nothing planted under a guessed name is followed), fsynced and renamed over it.  A
-    destination that exists and is not a regular file (a FIFO, /dev/stdout) is written in place:
-    there is nothing to rename over."""
-    if dst is None or dst == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    try:
-        st = os.stat(dst)
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        raise DaxError(f"cannot write: {e.strerror}", errno=e.errno, path=dst) from None
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise DaxError("is a directory", errno=errno.EISDIR, path=dst)
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        with open(dst, "wb") as f:
-            f.write(data)
-        return
-    target = os.path.realpath(dst) if st is not None else dst  # through a symlink to its file
-    mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
-    with _signals.critical():
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".daxkit-", dir=os.path.dirname(target) or ".")
-        except OSError as e:
-            raise DaxError(f"cannot write: {e.strerror}", errno=e.errno, path=dst) from None
-        try:
-            with open(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fchmod(fd, mode)
-                os.fsync(fd)
-            _signals.check()
-            os.replace(tmp, target)
-        except BaseException as e:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(e, OSError) and not isinstance(e, DaxError):
-                raise DaxError(f"cannot write: {e.strerror}", errno=e.errno, path=dst) from None
-            raise
-
-
-def _write_fs(fs, dst: str, data) -> int:
-    """Make ``dst`` inside the filesystem hold ``data`` whole, or leave it as it was: written
-    under a temporary name in its directory, fsynced, then renamed over it (an existing file's
-    mode is kept).  Any failure, ENOSPC or a signal, removes the temporary."""
-    parent = posixpath.dirname(dst.rstrip("/")) or "/"
-    try:
-        old = fs.stat(dst)  # a name too long, a file where a directory should be: before any change
-    except DaxError as e:
-        if e.errno != errno.ENOENT:
-            raise
-        old = None
-        if not stat.S_ISDIR(fs.stat(parent).st_mode):  # a missing directory is named as such
-            raise DaxError("not a directory", errno=errno.ENOTDIR, path=parent) from None
-    if old is not None and stat.S_ISDIR(old.st_mode):
-        raise DaxError("is a directory", errno=errno.EISDIR, path=dst)
-    with _signals.critical():
-        tmp = None
-        try:
-            for _ in range(8):
-                name = f"{parent.rstrip('/')}/.daxkit-put-{os.getpid()}-{secrets.token_hex(4)}"
-                try:
-                    f = fs.open(name, "x")
-                except DaxError as e:
-                    if e.errno != errno.EEXIST:
-                        raise
-                    continue
-                tmp = name
-                break
-            else:
-                raise DaxError("cannot find a free temporary name", errno=errno.EEXIST, path=parent)
-            with f:
-                n = f.write(data)
-                f.fsync()
-            if n != len(data):
-                raise DaxError(f"short write: {n} of {len(data)} bytes", errno=errno.EIO, path=dst)
-            if old is not None:
-                fs.chmod(tmp, stat.S_IMODE(old.st_mode))
-            _signals.check()
-            fs.rename(tmp, dst)
-            return n
-        except BaseException:
-            if tmp is not None:
-                try:
-                    fs.unlink(tmp)
-                except DaxError:
-                    pass
-            raise
-
-
 # -- device verbs ----------------------------------------------------------------------------
 def cmd_create(a) -> None:
     with daxkit.create(a.image, a.size, clear_err_unit=a.clear_err_unit, force=a.force) as dev:
@@ -295,7 +117,7 @@ def cmd_inject_error(a) -> None:
             return
         if a.block is None:
             raise CliError("inject-error needs -B/--block BLOCK (or --status)")
-        with _signals.critical():
+        with signals.critical():
             if a.uninject:
                 dev.uninject_error(a.block, a.count)
             else:
@@ -323,7 +145,7 @@ def cmd_wait_scrub(a) -> None:
 
 def cmd_clear_errors(a) -> None:
     with daxkit.open(a.image) as dev:
-        with _signals.critical():
+        with signals.critical():
             cleared = dev.clear_errors()
         _emit({"cleared": [{"offset": o, "length": n} for o, n in cleared]})
 
@@ -331,7 +153,7 @@ def cmd_clear_errors(a) -> None:
 def cmd_badblocks(a) -> None:
     with daxkit.open(a.image) as dev:
         if a.add is not None:
-            with _signals.critical():
+            with signals.critical():
                 dev.badblocks.add(a.add)
         else:
             sys.stdout.write(dev.badblocks.text())
@@ -340,7 +162,7 @@ def cmd_badblocks(a) -> None:
 def cmd_read(a) -> None:
     with daxkit.open(a.image) as dev:
         data = dev.pread(a.length, a.offset)
-    _write_local(a.output, data)
+    write_local(a.output, data)
 
 
 def cmd_write(a) -> None:
@@ -361,7 +183,7 @@ def cmd_write(a) -> None:
                     f"--zero {a.zero} at --offset {a.offset} is outside the device (size {dev.size})"
                 )
             data = bytes(a.zero)
-        with _signals.critical():
+        with signals.critical():
             n = dev.pwrite(data, a.offset)
     _emit({"written": n, "offset": a.offset})
 
@@ -389,7 +211,7 @@ class _Mounted:
 
 def cmd_mkfs(a) -> None:
     with daxkit.open(a.image) as dev:
-        with _signals.critical():
+        with signals.critical():
             daxkit.mkfs(dev, force=a.force)
         with daxkit.mount(dev, readonly=True) as fs:
             _emit({"image": a.image, **fs.statfs()})
@@ -424,7 +246,7 @@ def cmd_put(a) -> None:
         except OSError as e:
             raise DaxError(f"cannot read: {e.strerror}", errno=e.errno, path=a.src) from None
     with _Mounted(a.image, readonly=False) as fs:
-        n = _write_fs(fs, a.dst, data)
+        n = write_fs(fs, a.dst, data)
     _emit({"path": a.dst, "written": n})
 
 
@@ -438,7 +260,7 @@ def cmd_get(a) -> int:
                 data, lost = got.data, got.bad
             else:
                 data, lost = f.read(), []
-    _write_local(a.dst, data)
+    write_local(a.dst, data)
     if not lost:
         return 0
     print(json.dumps({"lost": [{"path": a.src, "offset": o, "length": n} for o, n in lost]}), file=sys.stderr)
@@ -627,18 +449,6 @@ def _say(line: str) -> None:
         pass  # nowhere to say it: the exit status still does
 
 
-def _silence_stdout() -> None:
-    """After EPIPE: whatever stdout still buffers goes to /dev/null, not into an error at exit."""
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, sys.stdout.fileno())
-        finally:
-            os.close(null)
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
 def _run(argv: list[str] | None) -> int:
     try:
         try:
@@ -658,7 +468,7 @@ def _run(argv: list[str] | None) -> int:
         return EXIT_USAGE
     except OSError as e:
         if e.errno == errno.EPIPE:
-            _silence_stdout()
+            silence_stdout()
             return EXIT_PIPE
         _say(_message(e))
         return EXIT_ERROR
@@ -673,13 +483,13 @@ def _run(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _signals.install()
+    signals.install()
     try:
         return _run(argv)
     except Interrupted as e:  # a second signal while the first failure was being reported
         return 128 + e.signum
     finally:
-        _signals.restore()
+        signals.restore()
 
 
 if __name__ == "__main__":
