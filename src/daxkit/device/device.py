@@ -14,6 +14,12 @@ Rules
     (pmem_do_write) clears medium and lists together before writing.
   * Upward news (new known errors, device removal) travels only through the holder's
     ``notify_failure`` and the mappings' ``on_poison``; this layer never imports a filesystem.
+  * The error lists have no ceiling (a 64 MiB device can hold half a million bad lines), so
+    every change is one pure function of the whole state, committed once: an injection with
+    notify takes its scrub into the same commit, clear-errors takes two (the kernel's order,
+    for all ranges together).  A change the image cannot store is refused with nothing changed.
+  * A scrub is "running" while its open holds the image's scrub lock; the pid in the live page
+    is only for display, so a killed scrubber or a reused pid never looks like a scrub.
 
 Theory of operation
   ``_apply`` installs a loaded state: it rebuilds the lookup lists, sets page protections in

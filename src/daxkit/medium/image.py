@@ -108,7 +108,8 @@ def create_image(
         raise ImageError("file exists (use force to overwrite)", errno=_errno.EEXIST, path=path)
     head, tail = os.path.split(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{tail}.", suffix=".tmp", dir=head or ".")
+        # mkstemp: O_CREAT|O_EXCL|O_NOFOLLOW under a random name, mode 0600
+        fd, tmp = tempfile.mkstemp(prefix=f".{tail[:64]}.", suffix=".tmp", dir=head or ".")
     except OSError as e:
         raise _image_error(e, "create", path) from None
     try:
@@ -180,7 +181,7 @@ class Image:
             self.words = memoryview(self.live).cast("Q")
             self._tlock = threading.RLock()
             self._scrubs = 0  # scrubs running on this open (threads share its OFD lock)
-            self._known: tuple[bytes, ErrorState | None] = (b"", None)  # payload, its state
+            self._decoded: tuple[bytes | None, ErrorState | None] = (None, None)  # payload, its state
             self.load()  # refuse an image whose error state cannot be read
         except BaseException:
             os.close(self.fd)
@@ -276,9 +277,9 @@ class Image:
     def _decode(self, payload: bytes) -> ErrorState:
         """Decoding half a million ranges costs more than reading and checking them: the state
         this open last read or wrote is reused when its bytes are the same (a memcmp)."""
-        if payload != self._known[0]:
-            self._known = (payload, ErrorState.decode(payload))
-        return self._known[1]
+        if payload != self._decoded[0]:
+            self._decoded = (payload, ErrorState.decode(payload))
+        return self._decoded[1]
 
     def _write_slot(self, i: int, seq: int, payload: bytes, keep: tuple[int, int]) -> int:
         """Write ``payload`` as slot i's state ``seq`` without touching ``keep`` (the payload
@@ -329,7 +330,7 @@ class Image:
                 msg = f"cannot store the error state, nothing changed: {e.strerror}"
                 raise ImageError(msg, errno=e.errno, path=self.path) from None
             self.words[LIVE_GEN] = seq
-            self._known = (payload, new)
+            self._decoded = (payload, new)
             # Space past the data area that neither state uses any more goes back.
             needed = max(self.data_end, end, keep[0] + keep[1])
             if os.fstat(self.fd).st_size > needed:

@@ -102,11 +102,13 @@ def union(a: Intervals, b: Intervals) -> Intervals:
 
 
 def subtract(a: Intervals, b: Intervals) -> Intervals:
-    """``a`` without every interval of ``b`` (both sorted)."""
+    """``a`` (sorted) without every interval of ``b`` (any order)."""
     if not a or not b:
         return list(a)
     if a == b:
         return []
+    if not _normal(b):
+        b = _coalesce(sorted(b))
     if len(b) * 16 < len(a):  # a few holes in a long list: keep the gaps between them, in slices
         out: Intervals = []
         prev = -inf
