@@ -99,61 +99,55 @@ def test_cli_readers_beside_a_churning_writer(tmp_path):
         writer.communicate(timeout=60)
 
 
-def test_a_read_only_mount_never_returns_reused_blocks(tmp_path):
+@pytest.fixture
+def writer_and_reader(tmp_path, request):
+    """A read-write mount and a read-only mount of one image, through two opens."""
+    image = str(tmp_path / "fs.img")
+    with daxkit.create(image, getattr(request, "param", 8 * MiB)) as dev:
+        daxkit.mkfs(dev)
+    wdev, rdev = daxkit.open(image), daxkit.open(image)
+    fs, ro = daxkit.mount(wdev), daxkit.mount(rdev, readonly=True)
+    yield fs, ro
+    fs.unmount()
+    ro.unmount()
+    wdev.close()
+    rdev.close()
+
+
+def test_a_read_only_mount_never_returns_reused_blocks(writer_and_reader):
     """Issue 6 item 2: A opens /old read-only; B unlinks it and writes /new into the same
     blocks.  A's handle must not read B's bytes, and A's listing must follow."""
-    image = str(tmp_path / "fs.img")
-    with daxkit.create(image, 8 * MiB) as dev:
-        daxkit.mkfs(dev)
-    wdev, rdev = daxkit.open(image), daxkit.open(image)
-    try:
-        fs = daxkit.mount(wdev)
-        with fs.open("/old", "w") as f:
-            f.write(b"O" * (4 * P))
-        ro = daxkit.mount(rdev, readonly=True)
-        old = ro.open("/old")
-        assert old.pread(10, 0) == b"O" * 10
-        sectors = [e["sector"] for e in fs.bmap("/old")]
-        fs.unlink("/old")
-        with fs.open("/new", "w") as f:
-            f.write(b"N" * (4 * P))
-        assert [e["sector"] for e in fs.bmap("/new")] == sectors  # the blocks were reused
-        with pytest.raises(OSError) as ei:
-            old.pread(10, 0)
-        assert ei.value.errno == errno.ESTALE
-        assert ro.listdir("/") == ["new"]
-        with ro.open("/new") as f:
-            assert f.read() == b"N" * (4 * P)
-        # and a file rewritten in place is read in its new state
-        with fs.open("/new", "r+") as f:
-            f.truncate(P)
-        with ro.open("/new") as f:
-            assert f.read() == b"N" * P
-        fs.unmount()
-        ro.unmount()
-    finally:
-        wdev.close()
-        rdev.close()
+    fs, ro = writer_and_reader
+    with fs.open("/old", "w") as f:
+        f.write(b"O" * (4 * P))
+    old = ro.open("/old")
+    assert old.pread(10, 0) == b"O" * 10
+    sectors = [e["sector"] for e in fs.bmap("/old")]
+    fs.unlink("/old")
+    with fs.open("/new", "w") as f:
+        f.write(b"N" * (4 * P))
+    assert [e["sector"] for e in fs.bmap("/new")] == sectors  # the blocks were reused
+    with pytest.raises(OSError) as ei:
+        old.pread(10, 0)
+    assert ei.value.errno == errno.ESTALE
+    assert ro.listdir("/") == ["new"]
+    with ro.open("/new") as f:
+        assert f.read() == b"N" * (4 * P)
+    # and a file rewritten in place is read in its new state
+    with fs.open("/new", "r+") as f:
+        f.truncate(P)
+    with ro.open("/new") as f:
+        assert f.read() == b"N" * P
 
 
-def test_a_read_only_mount_follows_checkpoints(tmp_path):
-    image = str(tmp_path / "small.img")
-    with daxkit.create(image, 2 * MiB) as dev:
-        daxkit.mkfs(dev)
-    wdev, rdev = daxkit.open(image), daxkit.open(image)
-    try:
-        fs = daxkit.mount(wdev)
-        ro = daxkit.mount(rdev, readonly=True)
-        epoch = fs.sb.epoch
-        i = 0
-        while fs.sb.epoch < epoch + 3:  # several log wraps
-            fs.mkdir(f"/d{i}")
-            i += 1
-            if i % 50 == 0:
-                assert ro.listdir("/") == fs.listdir("/")
-        assert ro.listdir("/") == fs.listdir("/")
-        fs.unmount()
-        ro.unmount()
-    finally:
-        wdev.close()
-        rdev.close()
+@pytest.mark.parametrize("writer_and_reader", [2 * MiB], indirect=True)
+def test_a_read_only_mount_follows_checkpoints(writer_and_reader):
+    fs, ro = writer_and_reader
+    epoch = fs.sb.epoch
+    i = 0
+    while fs.sb.epoch < epoch + 3:  # several log wraps
+        fs.mkdir(f"/d{i}")
+        i += 1
+        if i % 50 == 0:
+            assert ro.listdir("/") == fs.listdir("/")
+    assert ro.listdir("/") == fs.listdir("/")
