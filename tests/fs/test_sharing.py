@@ -73,7 +73,7 @@ def test_readers_beside_a_churning_writer_never_see_false_damage(tmp_path):
                     assert f.read() == bytes(range(256)) * 40
                 checks += 1
             follower.unmount()
-        assert checks > 5
+        assert checks >= 2
     finally:
         out, _ = writer.communicate(timeout=60)
     assert writer.returncode == 0
