@@ -113,7 +113,6 @@ class DaxFS:
             )
         self.meta, self.sb, self.geometry = loaded.meta, loaded.sb, loaded.g
         self._tail, self._seq, self._sb_pages = loaded.tail, loaded.seq, loaded.sb_pages
-        self._records = loaded.records if self.readonly else []
         self._loaded_poison = bool(loaded.log_bad)
         g = self.geometry
         self._reserve = max(2 * P, g.ckpt_bytes // 16)  # kept for operations that shrink metadata
@@ -132,11 +131,13 @@ class DaxFS:
 
     def _stable(self, fn, ino: int):
         """Run a read of inode ``ino`` on a view that held for its whole length.  On a
-        read-only mount a commit may land while we copy; the read stands if no record since
-        touched the inode (its blocks were neither freed nor reused), else we go round again."""
+        read-only mount a commit may land while we copy; the read stands if the inode is the
+        same afterwards (every change that frees or moves its blocks also moves its ctime, in
+        nanoseconds), else we go round again and meet the new state or ESTALE."""
         for _ in range(_FOLLOW_TRIES):
             self._check()
-            epoch, seq = self.sb.epoch, self._seq
+            node = self.meta.inodes.get(ino)
+            before = None if node is None else node.to_json()
             try:
                 result = fn()
             except DaxError:
@@ -146,9 +147,8 @@ class DaxFS:
             if not self.readonly or not self._moved():
                 return result
             self._follow()
-            if self.sb.epoch == epoch and not any(
-                m[0] == "i" and m[1] == ino for muts in self._records[seq - 1 :] for m in muts
-            ):
+            node = self.meta.inodes.get(ino)
+            if before is not None and node is not None and node.to_json() == before:
                 return result
         raise _fs_error(errno.EAGAIN, "the writer kept changing the file while it was read; try again")
 

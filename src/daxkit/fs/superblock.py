@@ -231,7 +231,6 @@ class Loaded:
             except FormatError as e:
                 raise CorruptFilesystem(f"log record {i + 1}: {e}", path=dev.path) from None
         self.seq = len(records) + 1
-        self.records = records
         self.problems += self.meta.problems(g)
 
 
