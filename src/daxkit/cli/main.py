@@ -20,7 +20,7 @@ import time
 
 import daxkit
 
-from ..errors import DaxError
+from ..errors import DaxError, InvalidArgument
 from ..units import parse_size
 from .progress import Progress
 from .safety import EXIT_PIPE, Interrupted, signals, silence_stdout, write_fs, write_local
@@ -91,7 +91,11 @@ def _emit(obj) -> None:
 
 # -- device verbs ----------------------------------------------------------------------------
 def cmd_create(a) -> None:
-    with daxkit.create(a.image, a.size, clear_err_unit=a.clear_err_unit, force=a.force) as dev:
+    try:
+        dev = daxkit.create(a.image, a.size, clear_err_unit=a.clear_err_unit, force=a.force)
+    except InvalidArgument as e:  # name the option
+        raise CliError(f"{'--clear-err-unit' if 'clear_err_unit' in str(e) else '--size'}: {e}") from None
+    with dev:
         _emit(dev.info())
 
 

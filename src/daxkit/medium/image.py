@@ -89,11 +89,20 @@ def _image_error(e: OSError, doing: str, path: str) -> ImageError:
     return cls(f"cannot {doing}: {e.strerror}", errno=e.errno, path=path)
 
 
+MAX_DATA_SIZE = 1 << 50  # 1 PiB: far past any device, and what an image file's offsets can carry
+MAX_CLEAR_ERR_UNIT = 1 << 20  # ACPI reports units of a cache line to a page; 1 MiB is generous
+
+
 def validate_geometry(size: int, clear_err_unit: int) -> None:
-    if size <= 0 or size % PAGE_SIZE:
-        raise InvalidArgument(f"size must be a positive multiple of {PAGE_SIZE} bytes, got {size}")
-    if clear_err_unit < LINE_SIZE or clear_err_unit & (clear_err_unit - 1):
-        raise InvalidArgument(f"clear_err_unit must be a power of two >= {LINE_SIZE}, got {clear_err_unit}")
+    if size <= 0 or size % PAGE_SIZE or size > MAX_DATA_SIZE:
+        raise InvalidArgument(
+            f"size must be a positive multiple of {PAGE_SIZE} bytes up to {MAX_DATA_SIZE}, got {size}"
+        )
+    ceu = clear_err_unit
+    if ceu < LINE_SIZE or ceu & (ceu - 1) or ceu > MAX_CLEAR_ERR_UNIT:
+        raise InvalidArgument(
+            f"clear_err_unit must be a power of two from {LINE_SIZE} to {MAX_CLEAR_ERR_UNIT}, got {ceu}"
+        )
 
 
 def create_image(
