@@ -53,11 +53,8 @@ from ..medium.image import LIVE_GEN, LIVE_SCRUB_DONE, LIVE_SCRUB_PID, LIVE_SCRUB
 from ..medium.region import Region
 from ..medium.state import ErrorState
 from ..units import LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, align_down, align_up
+from .interface import ACCESS, MF_ACTION_REQUIRED, MF_MEM_PRE_REMOVE, RECOVERY_WRITE, RecoveredData  # noqa: F401
 
-ACCESS = 0  # enum dax_access_mode: DAX_ACCESS
-RECOVERY_WRITE = 1  # DAX_RECOVERY_WRITE
-MF_ACTION_REQUIRED = 1 << 1  # enum mf_flags (include/linux/mm.h)
-MF_MEM_PRE_REMOVE = 1 << 7
 PRE_REMOVE = MF_MEM_PRE_REMOVE
 
 _copy_mc_from = _copymc.copy_mc_from
@@ -83,15 +80,6 @@ class ScrubReport:
             "scrub_count": self.scrub_count,
             "overflow": self.overflow,
         }
-
-
-@dataclass
-class RecoveredData:
-    """What a recovery read returns (SPEC 4): every clean byte, zeroes where a line is bad, and
-    the bad byte ranges exactly, in the caller's offsets."""
-
-    data: bytes | bytearray
-    bad: list[tuple[int, int]] = field(default_factory=list)
 
 
 # -- state transformers: pure functions of an ErrorState, the policy of clearing -----------------
@@ -547,6 +535,12 @@ class DaxDevice:
             return n
         return self._read_lines(memoryview(dst).cast("B"), offset)[0]
 
+    def first_bad(self, start: int, end: int) -> int | None:
+        """The first byte of [start, end) under a known error (badblocks sector or bad range)."""
+        self._sync()
+        hit = _first_overlap(self._known, start, end)
+        return None if hit is None else max(hit[0], start)
+
     def known_errors(self, offset: int = 0, length: int | None = None) -> list[tuple[int, int]]:
         """Known bad (offset, length) ranges, line-precise where the bad range list knows."""
         self._sync()
@@ -814,6 +808,13 @@ class DaxDevice:
         length = align_up(length, PAGE_SIZE)
         self._check_range(offset, length)
         return DaxMapping(self, [(0, offset, length)])
+
+    def map_extents(self, pieces: list[tuple[int, int, int]]):
+        """A DaxMapping made of (mapping offset, device offset, length) pieces: a file's mmap."""
+        from .mapping import DaxMapping
+
+        self._check_alive()
+        return DaxMapping(self, pieces)
 
     def _map_pieces(self, pieces: list[tuple[int, int, int]]) -> Region:
         """A region of this image's data pieces: (mapping offset, device offset, length)."""

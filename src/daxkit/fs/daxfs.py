@@ -26,8 +26,7 @@ import zlib
 from bisect import bisect_right
 
 from .._copymc import copy_mc_bytes
-from ..device.device import MF_MEM_PRE_REMOVE, DaxDevice, RecoveredData
-from ..device.mapping import DaxMapping
+from ..device.interface import MF_MEM_PRE_REMOVE, DaxOperations, Mapping, RecoveredData
 from ..errors import (
     Busy,
     DaxError,
@@ -36,7 +35,14 @@ from ..errors import (
     MediaError,
     NoSpace,
 )
-from ..fsdax.iomap import iomap_read, iomap_write
+from ..fsdax.iomap import (
+    dax_store_fn,
+    dax_window,
+    iomap_read,
+    iomap_read_recover,
+    iomap_write,
+    iomap_zero_pages,
+)
 from ..medium import ranges
 from ..units import PAGE_SIZE, SECTOR_SIZE
 from . import layout, superblock
@@ -81,7 +87,7 @@ def _fs_error(code: int, message: str) -> DaxError:
 class DaxFS:
     """A mounted daxfs.  Use ``daxkit.mount(dev)``."""
 
-    def __init__(self, dev: DaxDevice, *, readonly: bool = False):
+    def __init__(self, dev: DaxOperations, *, readonly: bool = False):
         self.dev = dev
         self.readonly = readonly
         self._lock = threading.RLock()
@@ -271,7 +277,7 @@ class DaxFS:
         for off, n in self.dev.known_errors(0, g.data_start * P):
             for pg in range(off // P, (off + n + P - 1) // P):
                 if pg not in live:
-                    self.dev.zero_page_range(pg, 1)
+                    iomap_zero_pages(self.dev, pg, 1)
         self._loaded_poison = False
 
     def sync(self) -> None:
@@ -609,11 +615,7 @@ class DaxFS:
         for db, cnt in runs:
             for off, n in self.dev.known_errors(db * P, cnt * P):
                 first, last = off // P, (off + n + P - 1) // P
-                for pg in range(first, last):
-                    try:
-                        self.dev.zero_page_range(pg, 1)  # zeroed and cleared before reuse
-                    except DaxError:
-                        pass
+                iomap_zero_pages(self.dev, first, last - first, quiet=True)  # cleared before reuse
         self._unalloc(runs)
 
     # -- file data (called by DaxFile with the lock held) ----------------------------------------------
@@ -648,15 +650,8 @@ class DaxFS:
         node = self._inode(ino)
         n = max(0, min(n, node.size - off))
         out = bytearray(n)
-        bad: ranges.Intervals = []
-        pos = 0
-        view = memoryview(out)
-        for dev_off, length in node.segments(off, n):
-            if dev_off is not None:
-                for s, k in self.dev.read_recover_into(view[pos : pos + length], dev_off):
-                    bad = ranges.add(bad, off + pos + s - dev_off, off + pos + s - dev_off + k)
-            pos += length
-        return RecoveredData(out, [(s, e - s) for s, e in bad])
+        bad = iomap_read_recover(self.dev, memoryview(out), node.segments(off, n))
+        return RecoveredData(out, [(off + s, k) for s, k in bad])
 
     def _write(self, ino: int, data: memoryview, off: int) -> int:
         node = self._inode(ino)
@@ -781,8 +776,7 @@ class DaxFS:
                 (off + P - 1) // P * P, max(0, end // P * P - (off + P - 1) // P * P)
             ):
                 if dev_off is not None:
-                    for pg in range(dev_off // P, (dev_off + n) // P):
-                        self.dev.zero_page_range(pg, 1)  # whole pages: zeroed and cleared
+                    iomap_zero_pages(self.dev, dev_off // P, n // P)  # whole pages: zeroed and cleared
         holes = node.holes(off // P, (end + P - 1) // P)
         if holes:
             zeros = memoryview(bytes(0))
@@ -802,7 +796,7 @@ class DaxFS:
                     iomap_write(self.dev, memoryview(bytes(sum(n for _, n in segs))), segs)
 
     # -- mmap, errors, owners ----------------------------------------------------------------------
-    def _mmap(self, ino: int, offset: int, length: int | None) -> DaxMapping:
+    def _mmap(self, ino: int, offset: int, length: int | None) -> Mapping:
         node = self._inode(ino)
         if offset % P:
             raise InvalidArgument(f"mmap offset {offset} is not a multiple of {P}")
@@ -821,7 +815,7 @@ class DaxFS:
         for dev_off, n in node.segments(offset, length):
             pieces.append((pos, dev_off, n))
             pos += n
-        m = DaxMapping(self.dev, pieces)
+        m = self.dev.map_extents(pieces)
         self._maps.setdefault(ino, weakref.WeakSet()).add(m)
         return m
 
@@ -913,6 +907,7 @@ class DaxFile:
         self._fast_write = writable and not append and not fs.readonly
         self._win = None  # (inode, file start, file end, view, device offset, state generation)
         self._state = fs.dev.state_word
+        self._store = dax_store_fn(fs.dev)
 
     def __enter__(self) -> DaxFile:
         return self
@@ -945,11 +940,11 @@ class DaxFile:
         if off >= (fb + cnt) << _SHIFT:
             return None
         dev = self._fs.dev
-        try:
-            _, view = dev.direct_access(db, cnt)
-        except DaxError:
+        gen = dev.state_generation
+        view = dax_window(dev, db, cnt)
+        if view is None:
             return None  # known poison in this extent: per-request direct_access decides
-        win = (node, fb << _SHIFT, (fb + cnt) << _SHIFT, view, db << _SHIFT, dev.state_generation)
+        win = (node, fb << _SHIFT, (fb + cnt) << _SHIFT, view, db << _SHIFT, gen)
         self._win = win
         return win
 
@@ -1000,7 +995,7 @@ class DaxFile:
                         w = self._window(node, off)
                     if w is not None and off + n <= w[2]:
                         # In place inside one extent and the file size: no metadata changes.
-                        fs.dev.store(data, w[4] + off - w[1])
+                        self._store(data, w[4] + off - w[1])
                         node.mtime = _now()
                         self._dirty = True
                         return n
@@ -1084,7 +1079,7 @@ class DaxFile:
             self._ready()
             return self._fs._stat(self._fs._inode(self.ino))
 
-    def mmap(self, offset: int = 0, length: int | None = None) -> DaxMapping:
+    def mmap(self, offset: int = 0, length: int | None = None) -> Mapping:
         with self._fs._lock:
             self._ready()
             return self._fs._mmap(self.ino, offset, length)

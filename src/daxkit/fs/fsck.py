@@ -6,12 +6,12 @@ the data area, no block owned twice), and known media errors inside the metadata
 
 from __future__ import annotations
 
-from ..device.device import DaxDevice
+from ..device.interface import DaxOperations
 from ..units import PAGE_SIZE
 from .superblock import CorruptFilesystem, Loaded
 
 
-def fsck(dev: DaxDevice) -> dict:
+def fsck(dev: DaxOperations) -> dict:
     try:
         loaded = Loaded(dev)
     except CorruptFilesystem as e:

@@ -29,9 +29,9 @@ import errno
 import time
 import zlib
 
-from ..device.device import DaxDevice
+from ..device.interface import DaxOperations
 from ..errors import DaxError, InvalidArgument, MediaError
-from ..fsdax.iomap import iomap_read, iomap_write
+from ..fsdax.iomap import iomap_read, iomap_read_recover, iomap_write
 from ..units import PAGE_SIZE
 from . import layout
 from .layout import FormatError, Geometry, Superblock
@@ -49,7 +49,7 @@ class CorruptFilesystem(DaxError):
 
 
 # -- reading and writing metadata through the device's primitives ----------------------------------
-def meta_read(dev: DaxDevice, offset: int, length: int) -> bytes:
+def meta_read(dev: DaxOperations, offset: int, length: int) -> bytes:
     buf = bytearray(length)
     try:
         got = iomap_read(dev, memoryview(buf), [(offset, length)])
@@ -60,30 +60,30 @@ def meta_read(dev: DaxDevice, offset: int, length: int) -> bytes:
     return bytes(buf)
 
 
-def meta_write(dev: DaxDevice, offset: int, data: bytes) -> None:
+def meta_write(dev: DaxOperations, offset: int, data: bytes) -> None:
     """Whole pages recover poison on the way (mkfs, checkpoints, superblocks); a log append over
     known poison cannot, and fails."""
     if iomap_write(dev, memoryview(data), [(offset, len(data))]) < len(data):
         raise MediaError(f"metadata write at device offset {offset} met poison")
 
 
-def meta_write_verified(dev: DaxDevice, offset: int, data: bytes) -> None:
+def meta_write_verified(dev: DaxOperations, offset: int, data: bytes) -> None:
     """A page-aligned metadata write that is read back: a store over latent poison does not
     clear it, so the first read-back makes the poison known (consumption) and the second write,
     now over known poison, clears it (the kernel's recovery write)."""
-    meta_write(dev, offset, data)
-    check = bytearray(len(data))
-    if dev.read_recover_into(check, offset) or check != data:
+    for _ in range(2):
         meta_write(dev, offset, data)
-        if dev.read_recover_into(check, offset) or check != data:
-            raise MediaError(f"metadata at device offset {offset} does not read back")
+        check, bad = _recover(dev, offset, len(data))
+        if not bad and check == data:
+            return
+    raise MediaError(f"metadata at device offset {offset} does not read back")
 
 
 def pad(data: bytes) -> bytes:
     return data + bytes(-len(data) % P)
 
 
-def read_superblocks(dev: DaxDevice) -> tuple[list[tuple[int, Superblock]], list[str]]:
+def read_superblocks(dev: DaxOperations) -> tuple[list[tuple[int, Superblock]], list[str]]:
     found, problems = [], []
     for slot in (0, 1):
         try:
@@ -100,7 +100,7 @@ def read_superblocks(dev: DaxDevice) -> tuple[list[tuple[int, Superblock]], list
     return found, problems
 
 
-def mkfs(dev: DaxDevice, *, force: bool = False) -> None:
+def mkfs(dev: DaxOperations, *, force: bool = False) -> None:
     """Format ``dev``.  An existing daxfs is refused unless ``force``; a mounted one always is."""
     g = Geometry.for_device(dev.size)
     if g.nblocks < g.data_start + layout.MIN_DATA_BLOCKS:
@@ -133,21 +133,21 @@ class _Claim:
         return 0
 
 
-def _recover(dev: DaxDevice, offset: int, length: int) -> tuple[bytes, list[tuple[int, int]]]:
+def _recover(dev: DaxOperations, offset: int, length: int) -> tuple[bytes, list[tuple[int, int]]]:
     """(bytes, bad ranges relative to ``offset``): the recovery read of a metadata region."""
     buf = bytearray(length)
-    bad = dev.read_recover_into(buf, offset)
-    return bytes(buf), [(s - offset, s - offset + n) for s, n in bad]
+    bad = iomap_read_recover(dev, memoryview(buf), [(offset, length)])
+    return bytes(buf), [(s, s + n) for s, n in bad]
 
 
-def _sb_pages(dev: DaxDevice) -> bytes:
+def _sb_pages(dev: DaxOperations) -> bytes:
     return _recover(dev, 0, 2 * P)[0]
 
 
 class Loaded:
     """What a mount or fsck reads off the device: a view that some instant really had."""
 
-    def __init__(self, dev: DaxDevice):
+    def __init__(self, dev: DaxOperations):
         for _ in range(_LOAD_TRIES):
             self.sb_pages = _sb_pages(dev)
             self._reads: list[tuple[int, bytes]] = []
@@ -168,12 +168,12 @@ class Loaded:
             path=dev.path,
         )
 
-    def _read(self, dev: DaxDevice, offset: int, length: int) -> bytes:
+    def _read(self, dev: DaxOperations, offset: int, length: int) -> bytes:
         data = meta_read(dev, offset, length)
         self._reads.append((offset, data))
         return data
 
-    def _reads_stable(self, dev: DaxDevice, strict: bool) -> bool:
+    def _reads_stable(self, dev: DaxOperations, strict: bool) -> bool:
         """Are the bytes this view was built from still there?  Normally only what it used (its
         superblock, its checkpoint, the log up to its tail): a checkpoint that landed meanwhile
         in the other area makes our view an older one, not a torn one.  When something looked
@@ -186,7 +186,7 @@ class Loaded:
             regions += [(self._log_base, self._log[: self.tail])]
         return all(_recover(dev, off, len(data))[0] == data for off, data in regions if data)
 
-    def _load(self, dev: DaxDevice) -> None:
+    def _load(self, dev: DaxOperations) -> None:
         # problems: the metadata cannot be trusted (mount refuses); notes: damage that loses
         # nothing (a stale or spare copy, poison in unused space), which fsck reports and the
         # mount tolerates (a read-write mount rewrites it).
@@ -234,7 +234,7 @@ class Loaded:
         self.problems += self.meta.problems(g)
 
 
-def changed(dev: DaxDevice, sb: Superblock, tail: int, seq: int, sb_pages: bytes) -> bool:
+def changed(dev: DaxOperations, sb: Superblock, tail: int, seq: int, sb_pages: bytes) -> bool:
     """Has anything been committed since a view with this superblock, log tail and next
     sequence number was loaded?  (A read-only mount's per-operation check.)"""
     try:

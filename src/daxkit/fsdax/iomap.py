@@ -13,6 +13,10 @@ Rules
     An unaligned one writes its clean prefix, up to the page holding the first bad sector, and
     stops; nothing written at all -> EFAULT (the kernel's ``xfer == 0``).
   * This layer allocates nothing and knows no filesystem: callers pass device segments.
+  * It is the filesystem's only way to the device's data: the in-place fast path takes its
+    view from ``dax_window`` and its store function from ``dax_store_fn``, the recovery path
+    goes through ``iomap_read_recover`` and ``iomap_zero_pages``.  The device is any
+    ``DaxOperations``.
 
 The fast path is one direct_access and one copy per segment; the poison handling is a branch
 off it into functions of its own.
@@ -22,9 +26,9 @@ from __future__ import annotations
 
 import errno
 
-from ..device.device import RECOVERY_WRITE, DaxDevice
-from ..errors import HWPoisonError, MediaError
-from ..units import PAGE_SIZE, SECTOR_SIZE, align_down
+from ..device.interface import RECOVERY_WRITE, DaxOperations
+from ..errors import DaxError, HWPoisonError, MediaError
+from ..units import PAGE_SIZE, align_down
 
 Segment = tuple[int | None, int]
 
@@ -34,7 +38,7 @@ def _pages(dev_off: int, n: int) -> tuple[int, int]:
     return first, (dev_off + n + PAGE_SIZE - 1) // PAGE_SIZE - first
 
 
-def iomap_read(dev: DaxDevice, dst: memoryview, segments: list[Segment]) -> int:
+def iomap_read(dev: DaxOperations, dst: memoryview, segments: list[Segment]) -> int:
     """Fill ``dst`` from the segments; returns bytes read (short at poison)."""
     done = 0
     for dev_off, n in segments:
@@ -63,7 +67,7 @@ def _short_read(done: int, where: int) -> int:
     raise MediaError(f"media error at device offset {where}: nothing could be read")
 
 
-def iomap_write(dev: DaxDevice, src: memoryview, segments: list[Segment]) -> int:
+def iomap_write(dev: DaxOperations, src: memoryview, segments: list[Segment]) -> int:
     """Store ``src`` into the (mapped) segments; returns bytes written (short at poison)."""
     done = 0
     for dev_off, n in segments:
@@ -84,7 +88,7 @@ def iomap_write(dev: DaxDevice, src: memoryview, segments: list[Segment]) -> int
     return done
 
 
-def _write_over_poison(dev: DaxDevice, data: memoryview, dev_off: int) -> int:
+def _write_over_poison(dev: DaxOperations, data: memoryview, dev_off: int) -> int:
     n = data.nbytes
     if dev_off % PAGE_SIZE == 0 and n % PAGE_SIZE == 0:
         done = 0
@@ -96,9 +100,8 @@ def _write_over_poison(dev: DaxDevice, data: memoryview, dev_off: int) -> int:
                 break
             done += wrote
         return done
-    first = dev_off // SECTOR_SIZE
-    check = dev.badblocks.check(first, (dev_off + n + SECTOR_SIZE - 1) // SECTOR_SIZE - first)
-    bad_at = max(check.first_bad * SECTOR_SIZE, dev_off) if check else dev_off + n
+    first = dev.first_bad(dev_off, dev_off + n)
+    bad_at = dev_off + n if first is None else first
     clean = max(0, align_down(bad_at, PAGE_SIZE) - dev_off)
     if clean:
         dev.store(data[:clean], dev_off)
@@ -112,3 +115,50 @@ def _short_write(done: int, where: int) -> int:
         f"write meets poison at device offset {where} and is not page-aligned: nothing written",
         errno=errno.EFAULT,
     )
+
+
+def iomap_read_recover(dev: DaxOperations, dst: memoryview, segments: list[Segment]) -> list[tuple[int, int]]:
+    """The recovery read over segments: every clean byte, zeroes on bad lines and in holes;
+    returns the bad ranges as (offset in ``dst``, length), merged where they touch."""
+    bad: list[tuple[int, int]] = []
+    done = 0
+    for dev_off, n in segments:
+        if dev_off is None:
+            dst[done : done + n] = bytes(n)
+        else:
+            for s, k in dev.read_recover_into(dst[done : done + n], dev_off):
+                start = done + s - dev_off
+                if bad and bad[-1][0] + bad[-1][1] == start:
+                    bad[-1] = (bad[-1][0], bad[-1][1] + k)
+                else:
+                    bad.append((start, k))
+        done += n
+    return bad
+
+
+def iomap_zero_pages(dev: DaxOperations, pgoff: int, nr_pages: int, *, quiet: bool = False) -> None:
+    """Zero whole pages, clearing their poison (dax_zero_page_range, one page at a time as the
+    pmem driver takes it).  ``quiet``: a page that cannot be zeroed is left as it is."""
+    for pg in range(pgoff, pgoff + nr_pages):
+        try:
+            dev.zero_page_range(pg, 1)
+        except DaxError:
+            if not quiet:
+                raise
+
+
+def dax_window(dev: DaxOperations, pgoff: int, nr_pages: int) -> memoryview | None:
+    """A view of whole pages for an in-place fast path, or None when known poison is there
+    (the caller then takes the general path, which applies the poison rules).  Valid while
+    ``dev.state_word`` holds the value ``dev.state_generation`` had when it was taken."""
+    try:
+        avail, view = dev.direct_access(pgoff, nr_pages)
+    except DaxError:
+        return None
+    return view if avail == nr_pages else None
+
+
+def dax_store_fn(dev: DaxOperations):
+    """The store function a fast path keeps: stores into a window must go through the device
+    (an emulated page with latent poison faults; a stacked device keeps its parity current)."""
+    return dev.store
