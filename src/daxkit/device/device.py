@@ -391,11 +391,12 @@ class DaxDevice:
         self._store(data, start)
         self._commit(lambda st: _forget_known(st, [(start, end)]))
 
-    def _recover_subpage(self, offset: int, data: memoryview) -> list[tuple[int, int]]:
+    def recovery_write_subpage(self, offset: int, data) -> list[tuple[int, int]]:
         """Sub-page recovery write (SPEC 4).  The pages touched are cleared and rewritten with
         ``data`` over every clean line recovered from the old contents.  A bad line the write
         does not cover whole stays reported bad -- as software poison: known, with no poison left
         on the medium -- so the write never invents data.  Returns those lines."""
+        data = memoryview(data).cast("B")
         n = data.nbytes
         self._check_range(offset, n)
         first, last = align_down(offset, PAGE_SIZE), align_up(offset + n, PAGE_SIZE)

@@ -65,6 +65,12 @@ class DaxOperations(Protocol):
 
     def zero_page_range(self, pgoff: int, nr_pages: int) -> None: ...
 
+    def recovery_write_subpage(self, offset: int, data) -> list[tuple[int, int]]:
+        """SPEC 4.1, beyond the kernel: write ``data`` at any offset over poison.  The pages
+        touched are cleared and rewritten with ``data`` over their recovered clean lines; bad
+        lines the write does not cover whole stay known bad.  Returns those lines."""
+        ...
+
     # -- loads and stores on the mapping -----------------------------------------------------------
     def mc_read(self, dst, offset: int) -> int:
         """Machine-check-safe load into ``dst``: bytes delivered before the first bad line;

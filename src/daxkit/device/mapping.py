@@ -163,7 +163,7 @@ class DaxMapping:
             if doff % PAGE_SIZE == 0 and k % PAGE_SIZE == 0:
                 self._dev._rewrite_pages(doff, piece)
             else:
-                self._dev._recover_subpage(doff, piece)
+                self._dev.recovery_write_subpage(doff, piece)
         return n
 
     def bad_ranges(self) -> list[tuple[int, int]]:

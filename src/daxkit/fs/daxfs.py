@@ -653,7 +653,7 @@ class DaxFS:
         bad = iomap_read_recover(self.dev, memoryview(out), node.segments(off, n))
         return RecoveredData(out, [(off + s, k) for s, k in bad])
 
-    def _write(self, ino: int, data: memoryview, off: int) -> int:
+    def _write(self, ino: int, data: memoryview, off: int, recovery: bool = False) -> int:
         node = self._inode(ino)
         n = data.nbytes
         if n == 0:
@@ -662,14 +662,14 @@ class DaxFS:
         first, last = off // P, (off + n + P - 1) // P
         holes = node.holes(first, last)
         if not holes:  # the fast path: an overwrite in place, no metadata unless the size grows
-            done = iomap_write(self.dev, data, node.segments(off, n))
+            done = iomap_write(self.dev, data, node.segments(off, n), recovery=recovery)
             node.mtime = time.time_ns()
             if off + done > node.size:
                 self._set_size(node, off + done)
             return done
-        return self._write_allocating(node, data, off, holes)
+        return self._write_allocating(node, data, off, holes, recovery)
 
-    def _write_allocating(self, node: Inode, data: memoryview, off: int, holes) -> int:
+    def _write_allocating(self, node: Inode, data: memoryview, off: int, holes, recovery=False) -> int:
         n = data.nbytes
         hint = node.ext[-1][1] + node.ext[-1][2] if node.ext else self.geometry.data_start
         new_ext: list[list[int]] = []
@@ -703,7 +703,8 @@ class DaxFS:
             if any(fb <= fblk < fb + c for fb, _, c in done_ext):
                 got = length
             else:
-                got = iomap_write(self.dev, data[written : written + length], [(dev_off, length)])
+                piece = data[written : written + length]
+                got = iomap_write(self.dev, piece, [(dev_off, length)], recovery=recovery)
             written += got
             if got < length:
                 break
@@ -978,11 +979,14 @@ class DaxFile:
             return fs._stable(lambda: fs._read_recover(self.ino, n, off), self.ino)
         return fs._stable(lambda: fs._read(self.ino, n, off), self.ino)
 
-    def pwrite(self, data, off: int) -> int:
+    def pwrite(self, data, off: int, flags: int = 0) -> int:
+        """Write at ``off``.  ``flags=RWF_RECOVERY_DATA`` (SPEC 4.1): over poison, a write that
+        covers a page only in part still succeeds with the full count -- the page is rewritten
+        over its recovered clean lines, and bad lines it does not cover stay reported bad."""
         fs = self._fs
         with fs._lock:
             node = fs.meta.inodes.get(self.ino)
-            if fs._ok and self._fast_write and node is not None and off >= 0:
+            if fs._ok and self._fast_write and node is not None and off >= 0 and not flags:
                 n = data.nbytes if type(data) is memoryview else len(data)
                 if 0 < n and off + n <= node.size:
                     w = self._win
@@ -1001,11 +1005,13 @@ class DaxFile:
                         return n
             if off < 0:
                 raise InvalidArgument(f"pwrite: negative offset {off}")
+            if flags & ~RWF_RECOVERY_DATA:
+                raise InvalidArgument(f"unsupported pwrite flags {flags:#x}")
             self._ready(write=True)
             if self.append:
                 off = fs._inode(self.ino).size
             self._dirty = True
-            return fs._write(self.ino, memoryview(data).cast("B"), off)
+            return fs._write(self.ino, memoryview(data).cast("B"), off, recovery=bool(flags))
 
     def pread_exact(self, n: int, off: int) -> bytes:
         """Every byte of [off, off+n) up to the end of the file, or an error: a short count

@@ -67,8 +67,10 @@ def _short_read(done: int, where: int) -> int:
     raise MediaError(f"media error at device offset {where}: nothing could be read")
 
 
-def iomap_write(dev: DaxOperations, src: memoryview, segments: list[Segment]) -> int:
-    """Store ``src`` into the (mapped) segments; returns bytes written (short at poison)."""
+def iomap_write(dev: DaxOperations, src: memoryview, segments: list[Segment], *, recovery=False) -> int:
+    """Store ``src`` into the (mapped) segments; returns bytes written (short at poison).
+    ``recovery`` (RWF_RECOVERY_DATA, SPEC 4.1): a write over poison that is not page-aligned
+    is a sub-page recovery write, and the count is full."""
     done = 0
     for dev_off, n in segments:
         if n <= 0:
@@ -78,7 +80,7 @@ def iomap_write(dev: DaxOperations, src: memoryview, segments: list[Segment]) ->
         try:
             dev.direct_access(pgoff, npages)
         except HWPoisonError:
-            wrote = _write_over_poison(dev, src[done : done + n], dev_off)
+            wrote = _write_over_poison(dev, src[done : done + n], dev_off, recovery)
             done += wrote
             if wrote < n:
                 return _short_write(done, dev_off + wrote)
@@ -88,8 +90,11 @@ def iomap_write(dev: DaxOperations, src: memoryview, segments: list[Segment]) ->
     return done
 
 
-def _write_over_poison(dev: DaxOperations, data: memoryview, dev_off: int) -> int:
+def _write_over_poison(dev: DaxOperations, data: memoryview, dev_off: int, recovery: bool = False) -> int:
     n = data.nbytes
+    if recovery and (dev_off % PAGE_SIZE or n % PAGE_SIZE):
+        dev.recovery_write_subpage(dev_off, data)
+        return n
     if dev_off % PAGE_SIZE == 0 and n % PAGE_SIZE == 0:
         done = 0
         while done < n:
