@@ -10,7 +10,7 @@ P = 4096
 NAMES = {
     "path", "size", "clear_err_unit", "direct_access", "recovery_write", "zero_page_range", "mc_read",
     "store", "read_recover_into", "map_extents", "known_errors", "first_bad", "holder", "state_word",
-    "state_generation",
+    "state_generation", "recovery_write_subpage",
 }  # fmt: skip
 
 
@@ -57,6 +57,7 @@ def test_a_filesystem_runs_on_the_interface_alone(fsdev):
             want[P : P + 256] = bytes(256)  # the poisoned lines read as zeroes
             assert r.bad == [(P, 256)] and r.data == want
             assert f.bad_ranges()
+            f.pwrite(b"y" * 8, P + 8, flags=daxkit.RWF_RECOVERY_DATA)  # sub-page over poison
             f.pwrite(bytes(P), P)  # page-aligned over poison: recovered
             assert f.bad_ranges() == []
             m = f.mmap()
