@@ -222,8 +222,13 @@ def test_poison_inside_committed_records_names_the_bad_offset(fsdev):
         for i in range(5):
             write_file(fs, f"/f{i}", b"data")
         g = fs.geometry
-    bad = g.log_start * P + 128
-    fsdev.inject_poison(bad, 64)
+    bad = g.log_copy_start(0) * P + 128
+    fsdev.inject_poison(bad, 64)  # one copy (SPEC 4.2): read from the other, reported
+    with daxkit.mount(fsdev, readonly=True) as ro:
+        assert ro.listdir("/") == [f"f{i}" for i in range(5)]
+    report = daxkit.fsck(fsdev)
+    assert not report["clean"] and any(f"offset {bad}" in p for p in report["problems"])
+    fsdev.inject_poison(g.log_copy_start(1) * P + 128, 64)  # and the same record in the other copy
     with pytest.raises(daxkit.CorruptFilesystem) as ei:
         daxkit.mount(fsdev, readonly=True)
     assert f"poison at device offset {bad}" in str(ei.value)

@@ -303,7 +303,7 @@ def cmd_scan(a) -> None:
 
 def cmd_fsck(a) -> int:
     with daxkit.open(a.image) as dev:
-        report = daxkit.fsck(dev)
+        report = daxkit.fsck(dev, repair=a.repair)
     _emit(report)
     return 0 if report["clean"] else EXIT_DAMAGE
 
@@ -416,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb("bmap", cmd_bmap, "a file's extents and device sectors (JSON)")
     sp.add_argument("path", metavar="PATH")
     verb("scan", cmd_scan, "every known media error and its owner (JSON)")
-    verb("fsck", cmd_fsck, "check the filesystem; exit 4 when damage is found")
+    sp = verb("fsck", cmd_fsck, "check the filesystem; exit 4 when damage is found (with --repair: is left)")
+    sp.add_argument("--repair", action="store_true", help="rewrite damaged metadata copies from good ones")
     verb("df", cmd_df, "the filesystem's statfs (JSON)")
     sp = verb("mount", cmd_mount, "serve the filesystem through FUSE")
     sp.add_argument("mountpoint", metavar="MNT")

@@ -7,10 +7,14 @@ Rules
   * Every metadata operation is one log record (see layout.py), committed before it returns.
     Data blocks are written before the record that links them; freed blocks go back to the free
     list only after the record that frees them.
+  * Metadata is kept twice (layout.py).  A read-write mount makes every copy whole before it
+    serves anything, and rewrites all of it from memory when poison in metadata is notified;
+    only the loss of every copy of something needed refuses a mount or shuts it down.
   * A read-write mount is the device's holder (one per device, across processes: EBUSY).  Its
     ``notify_failure`` turns a device range into owners through a reverse map: file data ->
-    listeners (the FUSE adapter invalidates caches) and the mappings' own on_poison; metadata or
-    device removal -> shutdown, after which every operation raises FilesystemShutdown.
+    listeners (the FUSE adapter invalidates caches) and the mappings' own on_poison; metadata ->
+    rewritten from memory; device removal (or metadata that cannot be rewritten) -> shutdown,
+    after which every operation raises FilesystemShutdown.
   * In-place overwrites change no metadata; timestamps they touch are committed by fsync/close.
 """
 
@@ -48,7 +52,7 @@ from ..units import PAGE_SIZE, SECTOR_SIZE
 from . import layout, superblock
 from .layout import Superblock
 from .meta import NAME_MAX, ROOT, TIME_NS_MAX, TIME_NS_MIN, Inode, check_name
-from .superblock import EFSCORRUPTED, CorruptFilesystem, meta_write, meta_write_verified, pad
+from .superblock import EFSCORRUPTED, CorruptFilesystem, meta_write
 
 RWF_RECOVERY_DATA = 0x20  # the flag proposed for preadv2 in the kernel's recovery-read series
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -108,8 +112,24 @@ class DaxFS:
                 raise Busy(
                     "filesystem is already mounted read-write (device has a holder)", path=dev.path
                 ) from None
-            if self._loaded_poison:
-                self._rewrite_metadata()  # the view is whole: poison left in spare places goes
+            try:
+                self._mount_repair()
+            except BaseException:
+                dev.holder = None
+                raise
+
+    def _mount_repair(self) -> None:
+        """SPEC 4.2: every copy of the metadata whole before a read-write mount serves anything.
+        The whole metadata area is read (latent poison in spare pages becomes known: its news
+        waits, as inside any metadata write); a damaged, stale or poisoned copy anywhere means
+        all of it is written afresh from the view in memory."""
+        self._meta_busy += 1
+        try:
+            poisoned = superblock.scrub_metadata(self.dev, self.geometry)
+        finally:
+            self._meta_busy -= 1
+        if poisoned or self._loaded_repair or self._meta_repair:
+            self._rewrite_metadata()
 
     def _install(self, loaded: superblock.Loaded) -> None:
         if loaded.problems:
@@ -119,7 +139,7 @@ class DaxFS:
             )
         self.meta, self.sb, self.geometry = loaded.meta, loaded.sb, loaded.g
         self._tail, self._seq, self._sb_pages = loaded.tail, loaded.seq, loaded.sb_pages
-        self._loaded_poison = bool(loaded.log_bad)
+        self._loaded_repair = loaded.repair
         g = self.geometry
         self._reserve = max(2 * P, g.ckpt_bytes // 16)  # kept for operations that shrink metadata
         self._meta_bound = self.sb.ckpt_len + self._tail + self._tail // 4 + 64 * (self._seq - 1)
@@ -221,18 +241,16 @@ class DaxFS:
             if self._tail + len(rec) > g.log_bytes or self._meta_bound + cost > limit:
                 self._checkpoint(limit)
             else:
-                base = g.log_start * P + self._tail
-                word = layout.commit_word(self.sb.epoch, self._seq)
-                self._meta_busy += 1
                 try:
-                    meta_write(self.dev, base, rec)  # the record, both commit words still zero
-                    meta_write(self.dev, base + w1, word)  # committed from here on
-                    meta_write(self.dev, base + w2, word)  # the second copy survives a flipped first
-                finally:
-                    self._meta_busy -= 1
-                self._tail += len(rec)
-                self._seq += 1
-                self._meta_bound += cost
+                    self._log_append(rec, w1, w2)
+                except MediaError:
+                    # a log copy met known poison: the whole state is in memory, so a fresh
+                    # checkpoint commits this operation and makes every copy whole again
+                    self._rewrite_metadata()
+                else:
+                    self._tail += len(rec)
+                    self._seq += 1
+                    self._meta_bound += cost
             if self._meta_repair and not self._meta_busy:
                 self._rewrite_metadata()
         except MediaError as e:
@@ -245,6 +263,23 @@ class DaxFS:
             self.meta.undo(undo)
             raise
 
+    def _log_append(self, rec: bytes, w1: int, w2: int) -> None:
+        """Record ``_seq`` at the tail of both log copies, in layout.py's order: the bytes in A
+        and B (commit words zero), then each commit word in A before B; the first word in A is
+        the commit point, the other three survive its loss."""
+        g = self.geometry
+        a, b = (g.log_copy_start(copy) * P + self._tail for copy in (0, 1))
+        word = layout.commit_word(self.sb.epoch, self._seq)
+        self._meta_busy += 1
+        try:
+            meta_write(self.dev, a, rec)
+            meta_write(self.dev, b, rec)
+            for at in (w1, w2):
+                meta_write(self.dev, a + at, word)
+                meta_write(self.dev, b + at, word)
+        finally:
+            self._meta_busy -= 1
+
     def _checkpoint(self, limit: int | None = None) -> None:
         g, sb = self.geometry, self.sb
         raw = layout.encode_checkpoint(self.meta.checkpoint_doc())
@@ -255,30 +290,32 @@ class DaxFS:
                 f"{limit} are available to this operation"
             )
         area = 1 - sb.area
+        new = Superblock(sb.sb_seq + 1, sb.epoch + 1, area, len(raw), zlib.crc32(raw), g, sb.uuid)
         self._meta_busy += 1
         try:
-            meta_write_verified(self.dev, g.ckpt_start(area) * P, pad(raw))
-            new = Superblock(sb.sb_seq + 1, sb.epoch + 1, area, len(raw), zlib.crc32(raw), g, sb.uuid)
-            meta_write_verified(self.dev, (new.sb_seq % 2) * P, new.encode())  # the commit point
+            superblock.write_checkpoint(self.dev, g, area, raw)  # both copies, read back
+            superblock.write_superblock(self.dev, new)  # both slots; the first is the commit point
         finally:
             self._meta_busy -= 1
         self.sb, self._tail, self._seq = new, 0, 1
         self._meta_bound = len(raw)
 
     def _rewrite_metadata(self) -> None:
-        """Poison in metadata, with the whole view in memory: write a fresh checkpoint and
-        superblock (read back, so latent poison under them is found and cleared), which leaves
-        the log, the other area and the other superblock spare; then zero and clear every
-        poisoned page left in the metadata area.  Nothing that the mount needs is lost."""
+        """A damaged or poisoned copy of metadata, with the whole view in memory: write a fresh
+        checkpoint (both copies) and both superblocks, each read back, so latent poison under
+        them is found and cleared; that leaves the log and the other area spare, so every
+        poisoned page left in the metadata area is zeroed and cleared.  Every copy is whole
+        again and nothing that the mount needs is lost."""
         self._meta_repair = False
         self._checkpoint()
         g, sb = self.geometry, self.sb
-        live = {sb.sb_seq % 2} | set(range(g.ckpt_start(sb.area), g.ckpt_start(sb.area) + g.ckpt_blocks))
+        pages = -(-sb.ckpt_len // P)
+        live = {0, 1} | {g.ckpt_copy_start(sb.area, c) + i for c in (0, 1) for i in range(pages)}
         for off, n in self.dev.known_errors(0, g.data_start * P):
             for pg in range(off // P, (off + n + P - 1) // P):
                 if pg not in live:
                     iomap_zero_pages(self.dev, pg, 1)
-        self._loaded_poison = False
+        self._loaded_repair = False
 
     def sync(self) -> None:
         """Write a checkpoint now (shortens the next mount's replay)."""

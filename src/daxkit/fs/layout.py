@@ -1,28 +1,42 @@
-"""daxfs on-device format: where metadata lives and how each piece is checksummed.
+"""daxfs on-device format: where metadata lives, how each piece is checksummed, and how every
+piece is kept twice (SPEC 4.2: metadata is always redundant).
 
 Layout (in 4 KiB blocks of the device)
-    0, 1            superblock copies A and B; the valid one with the higher ``sb_seq`` wins
-    2 .. 2+L        the metadata log: records appended in order, each with its own CRC
-    next C blocks   checkpoint area 0 \\ a checkpoint is a compressed snapshot of all metadata;
-    next C blocks   checkpoint area 1 / the superblock names the live one and its CRC
+    0, 1            superblock slots 0 and 1: both hold the current superblock
+    2 .. 2+L        the metadata log, in two halves: copy A, then copy B (L/2 blocks each)
+    next C blocks   checkpoint area 0 \\ each in two halves, copy a and copy b; a checkpoint is a
+    next C blocks   checkpoint area 1 /  compressed snapshot of all metadata
     the rest        data blocks
+    (an odd L or C leaves its last block unused.)
 
 Why a log plus checkpoints (the crash-consistency design)
     Every metadata operation is one log record (a list of mutations) appended after the live
-    records.  The record is committed when its bytes and CRC are in place: a process killed
-    mid-append leaves a record whose CRC fails, and replay stops there, so the operation either
-    happened whole or not at all.  When the log is full, the current state is written as a
-    checkpoint into the *other* area and a superblock with ``epoch + 1`` is written into the
-    *other* superblock slot: that single block write is the commit point, and records of older
-    epochs are ignored from then on.  Data blocks are written before the record that links them,
-    so a crash never exposes another file's old bytes.
+    records.  When the log is full, the current state is written as a checkpoint into the
+    *other* area and a superblock with ``epoch + 1`` is written into slot ``sb_seq % 2``: that
+    single block write is the commit point, and records of older epochs are ignored from then
+    on.  Data blocks are written before the record that links them, so a crash never exposes
+    another file's old bytes.
     A record is [commit word][header][payload][zero pad][commit word].  It is written with both
     commit words zero, then the first, then the second, each one aligned 8-byte store; the commit
-    word is bound to (epoch, seq).  Replay accepts a record whose header and CRC check out and
-    whose commit words are not both missing; a record whose first commit word is present but
-    whose header or CRC fails was committed and then damaged: the mount refuses and fsck reports
-    it.  A missing commit word is a torn tail (a crash before the operation returned).  So one
+    word is bound to (epoch, seq).  A missing commit word is a torn tail (a crash before the
+    operation returned); a committed record whose header or CRC fails was damaged.  So one
     flipped bit anywhere in a committed record is found, never mistaken for a crash.
+
+Why every piece twice (the redundancy design)
+    Poison or a flipped bit in one copy of anything the mount needs must cost nothing.
+    * Superblock: a checkpoint writes the new block into slot ``sb_seq % 2`` (the commit point)
+      and then the same bytes into the other slot.  The newest valid slot wins; the other one
+      one ``sb_seq`` behind is a crash between the two writes, anything else is a damaged copy.
+    * Log: each record is written at the same offset in copy A and copy B, in this order:
+      record bytes in A and B (commit words zero), first word in A (the commit point), in B,
+      second word in A, in B.  Replay takes, record by record, a copy whose header and CRC
+      check out, committed when any of the four words says so: one damaged copy loses nothing;
+      a committed record unreadable in both copies is damage.  Zero words in a record that is
+      otherwise whole are a crash between the stores, not damage.
+    * Checkpoint: both copies of the area are written and read back before the superblock; the
+      superblock's length and CRC apply to both.  The mount reads copy a, else copy b.
+    A read-write mount that met a damaged or stale copy writes every copy afresh (a new
+    checkpoint) before it serves anything; fsck reports each damaged copy with its offset.
 """
 
 from __future__ import annotations
@@ -31,12 +45,13 @@ import json
 import struct
 import uuid as _uuid
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..units import PAGE_SIZE
 
 SB_MAGIC = b"DAXFS\x00\x00\x01"
-VERSION = 1
+VERSION = 2  # 2: every metadata structure kept twice
 _SB = struct.Struct("<8sIQQIIIQII16s")  # magic ver sb_seq epoch area ck_len ck_crc nblocks L C uuid
 _SB_CRC_AT = 256
 REC_MAGIC = 0xDAF5_1060
@@ -44,10 +59,25 @@ _REC = struct.Struct("<IIQQI")  # magic, length, epoch, seq, crc32(epoch, seq, p
 _WORD = struct.Struct("<Q")
 REC_ALIGN = 8
 MIN_DATA_BLOCKS = 16
+COPY_NAMES = "AB"  # the log's copies; a checkpoint area's are "a" and "b"
 
 
 class FormatError(ValueError):
     """A structure failed its checks (magic, CRC, bounds)."""
+
+
+class VersionError(FormatError):
+    """A whole, valid superblock of another daxfs version."""
+
+    def __init__(self, version: int):
+        self.version = version
+        if version < VERSION:
+            super().__init__(
+                f"made by an older daxkit (daxfs version {version}); copy the files out with that "
+                "version, or make a new filesystem with mkfs --force"
+            )
+        else:
+            super().__init__(f"made by a newer daxkit (daxfs version {version}); use that version")
 
 
 @dataclass(frozen=True)
@@ -66,20 +96,38 @@ class Geometry:
     def log_start(self) -> int:
         return 2
 
+    @property
+    def log_copy_blocks(self) -> int:
+        return self.log_blocks // 2
+
+    def log_copy_start(self, copy: int) -> int:
+        """First block of log copy ``copy`` (0: A, 1: B)."""
+        return 2 + copy * self.log_copy_blocks
+
+    @property
+    def log_bytes(self) -> int:
+        """What the log holds: the bytes of one copy."""
+        return self.log_copy_blocks * PAGE_SIZE
+
     def ckpt_start(self, area: int) -> int:
         return 2 + self.log_blocks + area * self.ckpt_blocks
 
     @property
-    def data_start(self) -> int:
-        return 2 + self.log_blocks + 2 * self.ckpt_blocks
+    def ckpt_copy_blocks(self) -> int:
+        return self.ckpt_blocks // 2
 
-    @property
-    def log_bytes(self) -> int:
-        return self.log_blocks * PAGE_SIZE
+    def ckpt_copy_start(self, area: int, copy: int) -> int:
+        """First block of copy ``copy`` (0: a, 1: b) of checkpoint area ``area``."""
+        return self.ckpt_start(area) + copy * self.ckpt_copy_blocks
 
     @property
     def ckpt_bytes(self) -> int:
-        return self.ckpt_blocks * PAGE_SIZE
+        """What a checkpoint may take: the bytes of one copy."""
+        return self.ckpt_copy_blocks * PAGE_SIZE
+
+    @property
+    def data_start(self) -> int:
+        return 2 + self.log_blocks + 2 * self.ckpt_blocks
 
 
 @dataclass(frozen=True)
@@ -112,7 +160,7 @@ class Superblock:
             raise FormatError("superblock checksum mismatch")
         _, ver, sb_seq, epoch, area, ck_len, ck_crc, nblocks, lb, cb, uid = _SB.unpack_from(block)
         if ver != VERSION:
-            raise FormatError(f"unsupported daxfs version {ver}")
+            raise VersionError(ver)
         g = Geometry(nblocks, lb, cb)
         if g != Geometry.for_device(device_size) or area not in (0, 1) or ck_len > g.ckpt_bytes:
             raise FormatError("superblock geometry does not match the device")
@@ -182,55 +230,84 @@ def _record_at(log: bytes, pos: int) -> tuple[int, int, list, int] | None:
     return epoch, seq, muts, end
 
 
+@dataclass
+class LogScan:
+    """What replaying the log found."""
+
+    records: list[list]  # the mutation lists, in replay order
+    tail: int  # where the next record goes, in every copy
+    problems: list[str]  # committed operations lost: the metadata cannot be trusted
+    notes: list[str]  # a damaged copy, a damaged commit word: nothing lost
+    incomplete: bool  # the last record's commit words are not all written (a crash between stores)
+
+
 def scan_log(
-    log: bytes, epoch: int, notes: list[str] | None = None, bad: list[tuple[int, int]] = ()
-) -> tuple[list[list], int, list[str]]:
+    copies: Sequence[bytes], epoch: int, bad: Sequence[list[tuple[int, int]]] = (), bases: Sequence[int] = ()
+) -> LogScan:
     """Replay order: the committed records of ``epoch`` from the start of the log, consecutive in
-    seq.  Returns (mutation lists, tail position, problems that lose data); damage that loses
-    nothing (one commit-word copy) is appended to ``notes``.  ``bad``: byte ranges of the log
-    lost to poison (read as zeroes); poison at or past the tail is a lost record only if the
-    next record's second commit word stands beyond it, else it is unused space."""
-    out: list[list] = []
+    seq, each taken from a copy in which it reads whole.  ``bad``: per copy, byte ranges lost to
+    poison (read as zeroes); damage they explain is left to the caller, who names the poison,
+    and poison at or past the tail is a lost record only if the next record's commit word
+    stands beyond it in some copy, else it is unused space.  ``bases``: each copy's device
+    offset, for the messages."""
+    bad = list(bad) or [[] for _ in copies]
+    bases = list(bases) or [0] * len(copies)
+    scan = LogScan([], 0, [], [], False)
     pos, expect = 0, 1
-    problems: list[str] = []
     zero = bytes(_WORD.size)
-    while pos + _WORD.size <= len(log):
+    unwritten: list[str] = []  # zero commit words of the record before: a crash, if it is the last
+    while pos + _WORD.size <= min(len(c) for c in copies):
         word = commit_word(epoch, expect)
-        c1 = bytes(log[pos : pos + _WORD.size])
-        got = _record_at(log, pos)
-        if got is not None and got[0] == epoch and got[1] == expect:
-            c2 = bytes(log[got[3] - _WORD.size : got[3]])
-            if c1 != word and c2 != word:
-                break  # written but never committed: a crash before the operation returned
-            for which, c in (("first", c1), ("second", c2)):
-                if c not in (word, zero) and notes is not None:  # zero: a crash between the stores
-                    notes.append(
-                        f"metadata log: {which} commit word of record {expect} damaged (record intact)"
-                    )
-            out.append(got[2])
-            pos, expect = got[3], expect + 1
-            continue
-        if c1 == word:
-            problems.append(f"metadata log damaged: committed record {expect} of epoch {epoch} at byte {pos}")
-        break
-    if not problems and any(e > pos for _, e in bad):
+        got = [_record_at(c, pos) for c in copies]
+        whole = [r for r in got if r is not None and r[0] == epoch and r[1] == expect]
+        if not whole:
+            if any(c[pos : pos + _WORD.size] == word for c in copies):
+                scan.problems.append(
+                    f"metadata log damaged: committed record {expect} of epoch {epoch} at device offset "
+                    f"{bases[0] + pos} is unreadable in every copy"
+                )
+            break
+        end = whole[0][3]
+        words = [(bytes(c[pos : pos + _WORD.size]), bytes(c[end - _WORD.size : end])) for c in copies]
+        if not any(word in pair for pair in words):
+            break  # written but never committed: a crash before the operation returned
+        scan.notes += unwritten
+        unwritten = []
+        for i, r in enumerate(got):
+            if any(s < end and e > pos for s, e in bad[i]):
+                continue  # poison: the caller's note names it
+            where = f"metadata log copy {COPY_NAMES[i]}: record {expect} of epoch {epoch} at device offset"
+            if r != whole[0]:
+                scan.notes.append(f"{where} {bases[i] + pos} damaged (another copy used)")
+                continue
+            for at, w in ((pos, words[i][0]), (end - _WORD.size, words[i][1])):
+                if w == zero:
+                    unwritten.append(f"{where} {bases[i] + pos}: commit word at {bases[i] + at} missing")
+                elif w != word:
+                    scan.notes.append(f"{where} {bases[i] + pos}: commit word at {bases[i] + at} damaged")
+        scan.records.append(whole[0][2])
+        pos, expect = end, expect + 1
+    scan.tail, scan.incomplete = pos, bool(unwritten)
+    if not scan.problems and any(e > pos for b in bad for _, e in b):
         word = commit_word(epoch, expect)
-        probe = log.find(word, pos + _WORD.size)
-        while probe >= 0 and probe % REC_ALIGN:
-            probe = log.find(word, probe + 1)
-        if probe >= 0:
-            problems.append(
-                f"metadata log damaged at byte {pos}: committed record {expect} of epoch {epoch} "
-                "is lost to poison"
+        for c in copies:
+            probe = c.find(word, pos + _WORD.size)
+            while probe >= 0 and probe % REC_ALIGN:
+                probe = c.find(word, probe + 1)
+            if probe >= 0:
+                scan.problems.append(
+                    f"metadata log damaged at device offset {bases[0] + pos}: committed record {expect} "
+                    f"of epoch {epoch} is lost to poison"
+                )
+                break
+    if not scan.problems:
+        later = [s for s in (_committed_after(c, pos, epoch, expect) for c in copies) if s is not None]
+        if later:
+            scan.problems.append(
+                f"metadata log damaged at device offset {bases[0] + pos}: committed record {min(later)} "
+                f"of epoch {epoch} follows an unreadable record {expect}"
             )
-    if not problems:
-        later = _committed_after(log, pos, epoch, expect)
-        if later is not None:
-            problems.append(
-                f"metadata log damaged at byte {pos}: committed record {later} of epoch {epoch} "
-                f"follows an unreadable record {expect}"
-            )
-    return out, pos, problems
+    return scan
 
 
 def _committed_after(log: bytes, pos: int, epoch: int, expect: int) -> int | None:

@@ -28,13 +28,14 @@ from __future__ import annotations
 import errno
 import time
 import zlib
+from dataclasses import dataclass
 
 from ..device.interface import DaxOperations
 from ..errors import DaxError, InvalidArgument, MediaError
 from ..fsdax.iomap import iomap_read, iomap_read_recover, iomap_write
 from ..units import PAGE_SIZE
 from . import layout
-from .layout import FormatError, Geometry, Superblock
+from .layout import FormatError, Geometry, Superblock, VersionError
 from .meta import Meta
 
 P = PAGE_SIZE
@@ -83,21 +84,61 @@ def pad(data: bytes) -> bytes:
     return data + bytes(-len(data) % P)
 
 
-def read_superblocks(dev: DaxOperations) -> tuple[list[tuple[int, Superblock]], list[str]]:
-    found, problems = [], []
+@dataclass
+class SlotRead:
+    """One superblock slot as read: its superblock, or why it holds none."""
+
+    slot: int
+    sb: Superblock | None
+    error: str | None = None
+    version: int | None = None  # a whole superblock of another daxfs version
+
+
+def read_superblocks(dev: DaxOperations) -> list[SlotRead]:
+    out = []
     for slot in (0, 1):
+        where = f"superblock copy {slot} at device offset {slot * P}"
         try:
             raw = meta_read(dev, slot * P, P)
         except CorruptFilesystem as e:
-            problems.append(f"superblock copy {slot}: {e}")
+            out.append(SlotRead(slot, None, f"{where}: {e}"))
             continue
         if raw == bytes(P):
+            out.append(SlotRead(slot, None, f"{where} is empty"))
             continue
         try:
-            found.append((slot, Superblock.decode(raw, dev.size)))
+            out.append(SlotRead(slot, Superblock.decode(raw, dev.size)))
+        except VersionError as e:
+            out.append(SlotRead(slot, None, f"{where}: {e}", e.version))
         except FormatError as e:
-            problems.append(f"superblock copy {slot}: {e}")
-    return found, problems
+            out.append(SlotRead(slot, None, f"{where}: {e}"))
+    return out
+
+
+def write_checkpoint(dev: DaxOperations, g: Geometry, area: int, raw: bytes) -> None:
+    """Both copies of a checkpoint into ``area``, each read back, before a superblock names it."""
+    for copy in (0, 1):
+        meta_write_verified(dev, g.ckpt_copy_start(area, copy) * P, pad(raw))
+
+
+def write_superblock(dev: DaxOperations, sb: Superblock) -> None:
+    """Slot ``sb_seq % 2`` first (the commit point), then the same block into the other slot."""
+    block = sb.encode()
+    meta_write_verified(dev, (sb.sb_seq % 2) * P, block)
+    try:
+        meta_write_verified(dev, (1 - sb.sb_seq % 2) * P, block)
+    except MediaError:
+        pass  # committed already; the stale copy is reported by fsck and rewritten at mount
+
+
+def scrub_metadata(dev: DaxOperations, g: Geometry) -> list[tuple[int, int]]:
+    """Read the whole metadata area with the recovery read, so latent poison anywhere in it
+    (spare checkpoint pages that no mount reads, say) becomes known; returns the bad ranges."""
+    bad, step = [], 256 * P
+    for off in range(0, g.data_start * P, step):
+        n = min(step, g.data_start * P - off)
+        bad += [(off + s, e - s) for s, e in _recover(dev, off, n)[1]]
+    return bad
 
 
 def mkfs(dev: DaxOperations, *, force: bool = False) -> None:
@@ -107,7 +148,7 @@ def mkfs(dev: DaxOperations, *, force: bool = False) -> None:
         raise InvalidArgument(
             f"device of {dev.size} bytes is too small for daxfs (needs {(g.data_start + 16) * P} bytes)"
         )
-    found, _ = read_superblocks(dev)
+    found = [r for r in read_superblocks(dev) if r.sb is not None or r.version is not None]
     if found and not force:
         raise DaxError(
             "device already holds a daxfs filesystem (use force)", errno=errno.EEXIST, path=dev.path
@@ -118,10 +159,9 @@ def mkfs(dev: DaxOperations, *, force: bool = False) -> None:
         meta = Meta.empty()
         raw = layout.encode_checkpoint(meta.checkpoint_doc())
         meta_write(dev, 0, bytes(2 * P))
-        meta_write(dev, g.log_start * P, bytes(g.log_bytes))
-        meta_write(dev, g.ckpt_start(0) * P, pad(raw))
-        sb = Superblock(1, 1, 0, len(raw), zlib.crc32(raw), g, layout.new_uuid())
-        meta_write(dev, (sb.sb_seq % 2) * P, sb.encode())
+        meta_write(dev, g.log_start * P, bytes(g.log_blocks * P))
+        write_checkpoint(dev, g, 0, raw)
+        write_superblock(dev, Superblock(1, 1, 0, len(raw), zlib.crc32(raw), g, layout.new_uuid()))
     finally:
         dev.holder = None
 
@@ -145,12 +185,18 @@ def _sb_pages(dev: DaxOperations) -> bytes:
 
 
 class Loaded:
-    """What a mount or fsck reads off the device: a view that some instant really had."""
+    """What a mount or fsck reads off the device: a view that some instant really had.
+
+    ``problems``: the metadata cannot be trusted (a mount refuses).  ``notes``: damage that
+    loses nothing -- a damaged or stale copy, poison in unused space -- which fsck reports and a
+    read-only mount reads around.  ``repair``: a read-write mount should write every copy afresh
+    (notes, or a copy a crash left behind)."""
 
     def __init__(self, dev: DaxOperations):
         for _ in range(_LOAD_TRIES):
             self.sb_pages = _sb_pages(dev)
             self._reads: list[tuple[int, bytes]] = []
+            self._logs: list[tuple[int, bytes]] = []
             try:
                 self._load(dev)
                 error = None
@@ -175,63 +221,112 @@ class Loaded:
 
     def _reads_stable(self, dev: DaxOperations, strict: bool) -> bool:
         """Are the bytes this view was built from still there?  Normally only what it used (its
-        superblock, its checkpoint, the log up to its tail): a checkpoint that landed meanwhile
-        in the other area makes our view an older one, not a torn one.  When something looked
-        wrong, every byte read, both superblocks and the whole log."""
-        regions = list(self._reads) + [(0, self.sb_pages)]
+        superblock, its checkpoint, the log copies up to its tail): a checkpoint that landed
+        meanwhile in the other area makes our view an older one, not a torn one.  When something
+        looked wrong, every byte read, both superblocks and the whole log."""
+        regions = self._reads + self._logs + [(0, self.sb_pages)]
         if not strict:
             slot = getattr(self, "slot", 0)
-            regions = [(off, data) for off, data in self._reads if off != self._log_base]
+            regions = self._reads + [(base, log[: self.tail]) for base, log in self._logs]
             regions += [(slot * P, self.sb_pages[slot * P : (slot + 1) * P])]
-            regions += [(self._log_base, self._log[: self.tail])]
         return all(_recover(dev, off, len(data))[0] == data for off, data in regions if data)
 
     def _load(self, dev: DaxOperations) -> None:
-        # problems: the metadata cannot be trusted (mount refuses); notes: damage that loses
-        # nothing (a stale or spare copy, poison in unused space), which fsck reports and the
-        # mount tolerates (a read-write mount rewrites it).
         self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.repair = False
         self.log_bad: list[tuple[int, int]] = []
-        self._log_base, self._log, self.tail = -1, b"", 0
-        found, self.notes = read_superblocks(dev)
-        if not found:
-            raise CorruptFilesystem(
-                "no valid daxfs superblock (not formatted, or both copies damaged)" +
-                (f": {'; '.join(self.notes)}" if self.notes else ""),
-                path=dev.path,
-            )  # fmt: skip
-        self.slot, self.sb = max(found, key=lambda s: s[1].sb_seq)
-        g = self.g = self.sb.geometry
-        raw = self._read(dev, g.ckpt_start(self.sb.area) * P, self.sb.ckpt_len)
-        try:
-            self.meta = Meta.from_checkpoint(layout.decode_checkpoint(raw, self.sb.ckpt_crc))
-        except FormatError as e:
-            raise CorruptFilesystem(f"checkpoint: {e}", path=dev.path) from None
-        base = self._log_base = g.log_start * P
-        log, bad = _recover(dev, base, g.log_bytes)
-        self._reads.append((base, log))
-        self._log, self.tail = log, 0
-        self.log_bad = bad
-        records, self.tail, damage = layout.scan_log(log, self.sb.epoch, self.notes, bad)
-        if damage and bad:
-            s, e = bad[0]
-            damage[0] += f" (poison at device offset {base + s}, +{e - s})"
-        self.problems += damage
-        for s, e in bad:
-            where = f"metadata log: poison at device offset {base + s} (+{e - s})"
-            if e <= self.tail:
-                self.notes.append(f"{where}, inside records that still read whole")
-            elif not damage:
-                self.notes.append(f"{where}, in the unused tail")
-        if layout.scan_log(log, self.sb.epoch + 1)[0]:
-            self.problems.append("the log holds records of a newer epoch: the newest superblock is lost")
+        self.tail = 0
+        self._load_superblock(dev)
+        self.meta = self._load_checkpoint(dev)
+        records = self._load_log(dev)
         for i, muts in enumerate(records):
             try:
                 self.meta.apply(muts)
             except FormatError as e:
                 raise CorruptFilesystem(f"log record {i + 1}: {e}", path=dev.path) from None
         self.seq = len(records) + 1
-        self.problems += self.meta.problems(g)
+        self.problems += self.meta.problems(self.g)
+        self.repair = self.repair or bool(self.notes)
+
+    def _load_superblock(self, dev: DaxOperations) -> None:
+        """The newest valid slot; the other one should hold the same block."""
+        slots = read_superblocks(dev)
+        valid = [r for r in slots if r.sb is not None]
+        if not valid:
+            other = [r.error for r in slots if r.version is not None]
+            if other:
+                raise CorruptFilesystem(other[0], path=dev.path)
+            raise CorruptFilesystem(
+                "no valid daxfs superblock (not formatted, or both copies damaged): "
+                + "; ".join(str(r.error) for r in slots),
+                path=dev.path,
+            )
+        newest = max(r.sb.sb_seq for r in valid)
+        live = min((r for r in valid if r.sb.sb_seq == newest), key=lambda r: r.slot != newest % 2)
+        other = slots[1 - live.slot]
+        self.slot, self.sb, self.g = live.slot, live.sb, live.sb.geometry
+        if other.sb is None:
+            self.notes.append(str(other.error))
+        elif other.sb.sb_seq == newest - 1 and other.sb.uuid == live.sb.uuid:
+            self.repair = True  # a crash between the two superblock writes: stale, not damaged
+        elif other.sb != live.sb:
+            self.notes.append(
+                f"superblock copy {other.slot} at device offset {other.slot * P} is stale "
+                f"(sb_seq {other.sb.sb_seq}, the newest is {newest})"
+            )
+
+    def _load_checkpoint(self, dev: DaxOperations) -> Meta:
+        """Copy a, else copy b; copy b is checked too, so fsck sees damage in either."""
+        sb, g = self.sb, self.g
+        meta, used, errors = None, b"", []
+        for copy in (0, 1):
+            off = g.ckpt_copy_start(sb.area, copy) * P
+            try:
+                raw = self._read(dev, off, sb.ckpt_len)
+                if meta is not None and raw == used:
+                    continue
+                doc = layout.decode_checkpoint(raw, sb.ckpt_crc)
+                if meta is None:
+                    meta, used = Meta.from_checkpoint(doc), raw
+            except (CorruptFilesystem, FormatError) as e:
+                errors.append(f"checkpoint area {sb.area} copy {'ab'[copy]} at device offset {off}: {e}")
+        if meta is None:
+            why = "; ".join(errors)
+            raise CorruptFilesystem(f"checkpoint lost, both copies damaged: {why}", path=dev.path)
+        self.notes += errors
+        return meta
+
+    def _load_log(self, dev: DaxOperations) -> list[list]:
+        """The records of the live epoch, each from a copy that reads whole.  Read with the
+        recovery read: poison costs only what it covers."""
+        sb, g = self.sb, self.g
+        bases = [g.log_copy_start(copy) * P for copy in (0, 1)]
+        copies, bad = [], []
+        for base in bases:
+            log, b = _recover(dev, base, g.log_bytes)
+            self._logs.append((base, log))
+            copies.append(log)
+            bad.append(b)
+        self.log_bad = [(base + s, e - s) for base, b in zip(bases, bad) for s, e in b]
+        scan = layout.scan_log(copies, sb.epoch, bad, bases)
+        self.tail = scan.tail
+        self.repair = self.repair or scan.incomplete
+        if scan.problems and self.log_bad:
+            where = "; ".join(f"poison at device offset {off}, +{n}" for off, n in self.log_bad[:2])
+            scan.problems[0] += f" ({where})"
+        self.problems += scan.problems
+        self.notes += scan.notes
+        for name, base, b in zip(layout.COPY_NAMES, bases, bad):
+            for s, e in b:
+                where = f"metadata log copy {name}: poison at device offset {base + s} (+{e - s})"
+                if s < self.tail:
+                    self.notes.append(f"{where}, inside committed records (read from the other copy)")
+                elif not scan.problems:
+                    self.notes.append(f"{where}, in the unused tail")
+        if layout.scan_log(copies, sb.epoch + 1).records:
+            self.problems.append("the log holds records of a newer epoch: the newest superblock is lost")
+        return scan.records
 
 
 def changed(dev: DaxOperations, sb: Superblock, tail: int, seq: int, sb_pages: bytes) -> bool:
@@ -243,7 +338,7 @@ def changed(dev: DaxOperations, sb: Superblock, tail: int, seq: int, sb_pages: b
         g = sb.geometry
         if tail + 8 > g.log_bytes:
             return False  # no record fits: the writer's next commit is a checkpoint
-        word = _recover(dev, g.log_start * P + tail, 8)[0]
+        word = _recover(dev, g.log_copy_start(0) * P + tail, 8)[0]  # copy A: the commit point
         return word == layout.commit_word(sb.epoch, seq)
     except DaxError:
         return True  # let a full load decide what it is
