@@ -113,3 +113,21 @@ class DaxOperations(Protocol):
 
     @property
     def state_generation(self) -> int: ...
+
+
+@runtime_checkable
+class Redundant(Protocol):
+    """A device that keeps redundancy over its data (redundancy/, a stacked parity device)."""
+
+    def redundancy(self) -> dict:
+        """{"mode": "parity", "group": pages per group, "space_overhead": fraction}."""
+        ...
+
+    def parity_group(self, offset: int) -> dict:
+        """{"data": [device offsets of the group's pages], "parity": [offsets of its parity]}."""
+        ...
+
+    def repair(self, verify: bool = True):
+        """Repair everything repairable; a report with ``repaired``, ``corrupt``, ``lost``
+        (lists of (offset, length)) and ``as_dict()``."""
+        ...

@@ -15,6 +15,13 @@ Theory of operation
   A device mapping has one piece; a file mapping (daxfs) has one per extent.  The device keeps
   every mapping's protections in step with its own and calls ``_poison_known`` with device
   ranges that became known; the mapping translates them into its own offsets for ``on_poison``.
+
+  A mapping made through a stacked device (redundancy/) is a mapping of the device below with
+  ``_via`` set to the stacked device and ``_base`` to where the stacked device's offset 0 lies
+  below.  Then the stacked device speaks for it: it repairs first and calls ``_tell_poison``
+  only with what it could not repair; the safe accessors ask it to repair before they give up;
+  ``persist`` (and ``close``) bring its parity up to the raw stores.  Offsets the mapping shows
+  (``offset``, ``PoisonError.offset``) are the stacked device's.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class DaxMapping:
         self._gone = False
         self._revoked: ranges.Intervals = []  # mapping pages whose blocks the owner freed
         self._dev_pages: ranges.Intervals = []
+        self._via = None  # the stacked device this mapping was made through, if any
+        self._base = 0  # device offset of the stacked device's offset 0
         dev._register(self)
 
     def __enter__(self) -> DaxMapping:
@@ -99,8 +108,9 @@ class DaxMapping:
             return n
         dst = memoryview(buf).cast("B")
         done = 0
+        read_lines = dev._read_lines if self._via is None else self._via._mapping_read_lines
         for moff, doff, k in self._split(offset, n):
-            got, bad = dev._read_lines(dst[moff - offset : moff - offset + k], doff)
+            got, bad = read_lines(dst[moff - offset : moff - offset + k], doff)
             done += got
             if bad is not None:
                 raise PoisonError(
@@ -132,6 +142,8 @@ class DaxMapping:
         done = 0
         for moff, doff, k in self._split(offset, n):
             bad = ranges.first_overlap(dev._prot_bytes, doff, doff + k)
+            while bad is not None and self._via is not None and self._via._mapping_repair(max(bad[0], doff)):
+                bad = ranges.first_overlap(dev._prot_bytes, doff, doff + k)
             if bad is None:
                 self._mm[moff : moff + k] = src[moff - offset : moff - offset + k]
                 done += k
@@ -143,9 +155,9 @@ class DaxMapping:
             line = ranges.first_overlap(dev._bad_lines(), page, page + PAGE_SIZE) or (page, page + PAGE_SIZE)
             first = max(line[0], page)
             raise PoisonError(
-                f"store into a poisoned page at device offset {page}: "
+                f"store into a poisoned page at device offset {page - self._base}: "
                 "stores never clear poison (use recover)",
-                offset=first,
+                offset=first - self._base,
                 length=line[1] - first,
                 done=done,
             )
@@ -164,7 +176,18 @@ class DaxMapping:
                 self._dev._rewrite_pages(doff, piece)
             else:
                 self._dev.recovery_write_subpage(doff, piece)
+            if self._via is not None:
+                self._via._mapping_recovered(doff, k)  # the old bytes are gone: parity from the new
         return n
+
+    def persist(self, offset: int = 0, length: int | None = None) -> None:
+        """The pmem_persist moment (SPEC 4.2): redundancy catches up with the raw stores made
+        through ``buf`` in [offset, offset+length).  Nothing to do on a plain device."""
+        if length is None:
+            length = self.length - offset
+        self._check(offset, length)
+        if self._via is not None:
+            self._via._mapping_persist([(doff, k) for _, doff, k in self._split(offset, length)])
 
     def bad_ranges(self) -> list[tuple[int, int]]:
         self._dev._sync()
@@ -185,6 +208,10 @@ class DaxMapping:
         self._region.protect(ranges.union(self._revoked, pages))
 
     def _poison_known(self, dev_ivs: ranges.Intervals) -> None:
+        if self._via is None:  # a stacked device repairs first and tells us what is left
+            self._tell_poison(dev_ivs)
+
+    def _tell_poison(self, dev_ivs: ranges.Intervals) -> None:
         cb = self.on_poison
         if cb is None or self._closed:
             return
@@ -195,6 +222,7 @@ class DaxMapping:
         """The owner freed these device blocks (truncate, punch, unlink): their pages fault from
         now on, as pages past EOF do after a truncate, and the safe accessors refuse them."""
         for db, cnt in runs:
+            db += self._base // PAGE_SIZE
             for moff, doff, n in self._pieces:
                 s, e = max(doff, db * PAGE_SIZE), min(doff + n, (db + cnt) * PAGE_SIZE)
                 if s < e:
@@ -214,6 +242,8 @@ class DaxMapping:
     def close(self) -> None:
         if self._closed:
             return
+        if self._via is not None and not self._gone:
+            self._via._mapping_closed(self)  # persists first
         self._closed = True
         self._dev._mappings.discard(self)
         try:

@@ -1,0 +1,523 @@
+"""Parity and checksums over a lower device: update, rebuild, recompute, verify (what md's raid5
+personality is to md, without the stripe cache).
+
+Rules
+  * Every method here runs with the stacked device's lock held (device.py takes it) and never
+    calls the layer above: it returns what happened, and the stacked device reports it.
+  * The lower device is reached only through its interface.  Loads are its machine-check-safe
+    loads (``mc_read``, ``read_recover_into``), stores its ``store`` / ``recovery_write``: never a
+    raw access, so latent poison anywhere is met as a short read, never as a signal.
+  * A rebuilt page is written back only when its CRC32C matches the table.  Otherwise the page is
+    lost: it stays known bad on the lower device (a page lost to silent corruption is made known
+    bad, as md records unreadable sectors in its badblocks), so reads of it fail with EIO and
+    never return wrong bytes.
+  * Parity is the XOR of what the lower device's recovery read returns for each data page: the
+    data while a page is clean, zeroes on the bad lines of a lost page.  A group with a lost page
+    therefore keeps protecting its other pages once it has been recomputed.
+  * No RAID-5 write hole: a group's dirty byte is stored before its data or parity changes and
+    cleared only while both are current.  Clearing is lazy (md's write-intent bitmap): a byte left
+    set costs one recompute of that group at the next open, nothing else.  A group covered by an
+    open mapping stays dirty until the mapping closes (raw stores are covered at ``persist``).
+  * A repair stores an intent record (the page, its CRC) before its recovery write and clears it
+    after; the next open replays a record it finds.
+
+Theory of operation
+  ``update`` is the store path: mark the group dirty, read the old page, the parity page and
+  the old CRC (machine-check-safe), parity ^= old ^ new, store data, parity and the new CRC.
+  Anything unusual on the way -- poison in a page it reads, a CRC that does not match the old
+  data -- sends it to ``_update_slow``, which repairs or verifies the group first and retries, or,
+  when the group has a page that cannot be rebuilt, writes through and recomputes.
+  ``repair_page`` rebuilds one bad page: parity XOR the other pages, CRC check, intent record,
+  RECOVERY_WRITE + recovery_write.  ``recompute`` makes a group's parity and CRCs current from
+  its data (open after a crash, persist, degraded writes).  ``verify`` is the scrub of one group:
+  every CRC and the parity checked, mismatches told apart (a corrupt page, a wrong CRC entry, a
+  stale parity page) and fixed, or the pages lost.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import crc32c
+import numpy as np
+
+from ..device.interface import RECOVERY_WRITE
+from ..medium import ranges
+from ..units import PAGE_SIZE
+from .layout import INTENT_SIZE, Geometry, pack_header, pack_intent, unpack_intent
+
+P = PAGE_SIZE
+WORDS = P // 8
+LE32 = np.dtype("<u4")  # the CRC table, as stored
+CLEAN, REPAIRED, LOST = 0, 1, 2
+DIRTY_LIMIT = 256  # groups left dirty before the byte map is cleaned (md's bitmap daemon)
+_crc = crc32c.crc32c
+_U32 = struct.Struct("<I")
+_ONE, _ZERO = b"\x01", b"\x00"
+
+
+def xor_pages(buf, k: int) -> np.ndarray:
+    """XOR of the k pages in ``buf`` (a page of uint64 words)."""
+    a = np.frombuffer(buf, dtype=np.uint64, count=k * WORDS)
+    return np.bitwise_xor.reduce(a.reshape(k, WORDS), axis=0)
+
+
+def page_crcs(buf, k: int) -> np.ndarray:
+    mv = memoryview(buf)
+    return np.fromiter((_crc(mv[i : i + P]) for i in range(0, k * P, P)), LE32, k)
+
+
+class Parity:
+    def __init__(self, lower, geo: Geometry, *, readonly: bool = False):
+        self.lo = lower
+        self.geo = geo
+        self.readonly = readonly
+        self.G = geo.group
+        self.N = geo.ndata
+        self.base = geo.data_start * P  # lower offset of logical byte 0
+        self._parity0 = geo.parity_start * P
+        self._csum0 = geo.csum_start * P
+        self._map0 = (geo.intent_start + 1) * P
+        self._intent0 = geo.intent_start * P
+        self.dirty = bytearray(geo.ngroups)  # the byte map as this process last stored it
+        self.unclean: set[int] = set()  # dirty groups that are current again (cleared lazily)
+        self.pins: dict[int, int] = {}  # group -> open mappings covering it
+        self.lost: set[int] = set()  # logical pages that could not be rebuilt
+        self.repaired: list[tuple[int, int]] = []  # logical ranges, since the last report
+        self.corrupt: list[tuple[int, int]] = []
+        self.metadata: list[tuple[int, int]] = []  # lower ranges of metadata pages rewritten
+        self.newly_lost: list[int] = []  # pages lost since the device last looked
+        self._seq = 0
+        self._old = np.zeros(WORDS, np.uint64)
+        self._old_mv = memoryview(self._old).cast("B")
+        self._par = np.zeros(WORDS, np.uint64)
+        self._par_mv = memoryview(self._par).cast("B")
+
+    # -- positions on the lower device (bytes) ----------------------------------------------------
+    def data_pos(self, page: int) -> int:
+        return self.base + page * P
+
+    def parity_pos(self, g: int) -> int:
+        return self._parity0 + g * P
+
+    def crc_pos(self, page: int) -> int:
+        return self._csum0 + 4 * page
+
+    def pinned(self, g: int) -> bool:
+        return g in self.pins
+
+    # -- the dirty-group byte map ---------------------------------------------------------------
+    def mark(self, g: int) -> None:
+        """Store group g's dirty byte: before any of its data or parity changes."""
+        self.lo.store(_ONE, self._map0 + g)
+        self.dirty[g] = 1
+        if g not in self.pins:
+            self.unclean.add(g)
+
+    def clean(self, force: bool = False) -> None:
+        """Clear the bytes of groups that are current (no update is running: the lock is held)."""
+        if not force and len(self.unclean) <= DIRTY_LIMIT:
+            return
+        for g in sorted(self.unclean):
+            if g not in self.pins:
+                self.lo.store(_ZERO, self._map0 + g)
+                self.dirty[g] = 0
+        self.unclean.clear()
+
+    def pin(self, groups) -> None:
+        for g in groups:
+            self.pins[g] = self.pins.get(g, 0) + 1
+            if not self.dirty[g]:
+                self.mark(g)
+            self.unclean.discard(g)
+
+    def unpin(self, groups) -> None:
+        for g in groups:
+            left = self.pins.get(g, 0) - 1
+            if left > 0:
+                self.pins[g] = left
+                continue
+            self.pins.pop(g, None)
+            self.unclean.add(g)
+
+    # -- loads -------------------------------------------------------------------------------------
+    def contents(self, mv: memoryview, pos: int) -> list[int]:
+        """Fill ``mv`` (whole pages) from the lower device at ``pos`` with what its recovery read
+        gives (zeroes on bad lines); returns the indexes of the pages that had bad lines.  Latent
+        poison met becomes known (the lower device tells us as its holder; we are busy, so that
+        news waits for the device to drain it)."""
+        lo, n, done, bad = self.lo, mv.nbytes, 0, []
+        while done < n:
+            done += lo.mc_read(mv[done:], pos + done)
+            if done >= n:
+                break
+            ps = done - done % P
+            if lo.read_recover_into(mv[ps : ps + P], pos + ps):
+                bad.append(ps // P)
+            done = ps + P
+        return bad
+
+    def crc_table(self, a: int, b: int) -> np.ndarray | None:
+        """The CRC entries of pages [a, b), or None when the checksum pages cannot be read
+        even after rebuilding them from the data."""
+        buf = bytearray(4 * (b - a))
+        if self.lo.mc_read(buf, self.crc_pos(a)) < len(buf):
+            for cp in range(self.crc_pos(a) // P, (self.crc_pos(b) - 1) // P + 1):
+                self.repair_csum_page(cp)
+            if self.lo.mc_read(buf, self.crc_pos(a)) < len(buf):
+                return None
+        return np.frombuffer(buf, LE32).copy()
+
+    def put_page(self, lower_page: int, data) -> None:
+        """Rewrite a whole metadata page, clearing its known poison (the recovery write)."""
+        self.lo.direct_access(lower_page, 1, RECOVERY_WRITE)
+        self.lo.recovery_write(lower_page, 0, data)
+
+    # -- the store path ------------------------------------------------------------------------------
+    def update(self, src, off: int) -> None:
+        """Store ``src`` at logical ``off`` keeping parity and CRCs current (lock held)."""
+        n = src.nbytes if type(src) is memoryview else len(src)
+        if n == P and not off % P:
+            self._update_page(src, off // P)
+        else:
+            self._update_range(memoryview(src).cast("B"), off, n)
+        if len(self.unclean) > DIRTY_LIMIT:
+            self.clean()
+
+    def _update_page(self, src, page: int) -> None:
+        """The common case, one whole page: 2 safe loads, 2 XORs, 3 stores, 1 CRC.  The old
+        page's CRC is not checked: none of its bytes survive the store.  (Were they silently
+        corrupt, parity now carries that: the next scrub finds parity disagreeing with data
+        whose CRCs all match and rewrites it; a rebuild before that fails its CRC -- a loss
+        reported, never wrong bytes.)"""
+        g = page // self.G
+        if not self.dirty[g]:
+            self.mark(g)
+        lo = self.lo
+        pos = self.base + page * P
+        ppos = self._parity0 + g * P
+        cpos = self._csum0 + 4 * page
+        if lo.mc_read(self._old_mv, pos) == P and lo.mc_read(self._par_mv, ppos) == P:
+            par = self._par
+            np.bitwise_xor(par, self._old, out=par)
+            np.bitwise_xor(par, np.frombuffer(src, np.uint64), out=par)
+            lo.store(src, pos)
+            lo.store(self._par_mv, ppos)
+            lo.store(_U32.pack(_crc(src)), cpos)
+            return
+        self._update_slow(g, page, page + 1, memoryview(src).cast("B"), page * P)
+
+    def _update_range(self, src: memoryview, off: int, n: int) -> None:
+        end = off + n
+        first, last = off // P, (end - 1) // P + 1
+        for g in range(first // self.G, (last - 1) // self.G + 1):
+            a, b = max(first, g * self.G), min(last, (g + 1) * self.G)
+            s, e = max(off, a * P), min(end, b * P)
+            self._update_group(g, a, b, src[s - off : e - off], s)
+
+    def _update_group(self, g: int, a: int, b: int, src: memoryview, off: int, *, retry: bool = True) -> None:
+        if not self.dirty[g]:
+            self.mark(g)
+        lo, k = self.lo, b - a
+        full = off == a * P and src.nbytes == k * P
+        if full and (a, b) == self.geo.group_pages(g):
+            # The whole group is new: its parity comes from the new data alone.
+            lo.store(src, self.data_pos(a))
+            self.put_page(self.geo.parity_start + g, xor_pages(src, k))
+            lo.store(page_crcs(src, k).tobytes(), self.crc_pos(a))
+            return
+        old = bytearray(k * P)
+        par = bytearray(P)
+        ok = lo.mc_read(old, self.data_pos(a)) == k * P and lo.mc_read(par, self.parity_pos(g)) == P
+        if ok and g not in self.pins:  # (raw stores through a mapping may be ahead of the CRC)
+            # A page the store covers only in part keeps old bytes: they must be the right ones.
+            for page in {a, b - 1}:
+                if off > page * P or off + src.nbytes < page * P + P:
+                    want = self.crc_entry(page)
+                    i = (page - a) * P
+                    ok = ok and want is not None and _crc(memoryview(old)[i : i + P]) == want
+        if not ok:
+            if retry:
+                return self._update_slow(g, a, b, src, off)
+            return self._update_degraded(g, a, b, src, off)
+        if full:
+            new = src
+        else:
+            new = bytearray(old)
+            new[off - a * P : off - a * P + src.nbytes] = src
+        o = np.frombuffer(old, np.uint64).reshape(k, WORDS)
+        np.bitwise_xor(o, np.frombuffer(new, np.uint64).reshape(k, WORDS), out=o)
+        pa = np.frombuffer(par, np.uint64)
+        np.bitwise_xor(pa, np.bitwise_xor.reduce(o, axis=0), out=pa)
+        lo.store(src, self.base + off)
+        lo.store(par, self.parity_pos(g))
+        lo.store(page_crcs(new, k).tobytes(), self.crc_pos(a))
+
+    def _update_slow(self, g: int, a: int, b: int, src: memoryview, off: int) -> None:
+        """Something in the group is not as the fast path needs it: repair the touched pages,
+        verify the group, then retry once; a group that stays degraded is written through."""
+        for page in range(a, b):
+            if self.repair_page(page) == LOST:
+                return self._update_degraded(g, a, b, src, off)
+        if g not in self.pins:
+            self.verify(g)  # a CRC mismatch on an old page, or a parity page that needs rebuilding
+        self._update_group(g, a, b, src, off, retry=False)
+
+    def _update_degraded(self, g: int, a: int, b: int, src: memoryview, off: int) -> None:
+        """A page of the group cannot be rebuilt: store through the lower device (whole pages
+        over known poison by its recovery write, which clears them), then recompute the group
+        from what is there."""
+        lo = self.lo
+        lo.store(src, self.base + off)
+        end = off + src.nbytes
+        for page in range(a, b):
+            s, e = page * P, page * P + P
+            pos = self.data_pos(page)
+            if off <= s and e <= end and lo.first_bad(pos, pos + P) is not None:
+                self.put_page(self.geo.data_start + page, src[s - off : e - off])
+        self.recompute(g, written=set(range(a, b)), repair=False)
+
+    # -- rebuilding a page from its group ------------------------------------------------------------
+    def rebuild(self, page: int) -> bytearray:
+        """Parity XOR the other pages of the group (each as the recovery read gives it)."""
+        g = page // self.G
+        a, b = self.geo.group_pages(g)
+        k = b - a
+        buf = bytearray(k * P)
+        mv = memoryview(buf)
+        i = page - a
+        if i:
+            self.contents(mv[: i * P], self.data_pos(a))
+        if i + 1 < k:
+            self.contents(mv[(i + 1) * P :], self.data_pos(page + 1))
+        self.contents(mv[i * P : (i + 1) * P], self.parity_pos(g))
+        return bytearray(xor_pages(buf, k).tobytes())
+
+    def rebuilt_verified(self, page: int) -> bytearray | None:
+        """The page rebuilt from its group if it matches its CRC, else None (no write: the
+        read-only open's repair)."""
+        rebuilt = self.rebuild(page)
+        want = self.crc_entry(page)
+        return rebuilt if want is not None and _crc(rebuilt) == want else None
+
+    def crc_entry(self, page: int) -> int | None:
+        t = self.crc_table(page, page + 1)
+        return None if t is None else int(t[0])
+
+    def repair_page(self, page: int) -> int:
+        """Make logical page ``page`` good again if it has bad lines: CLEAN (nothing bad),
+        REPAIRED (rebuilt, verified, written back, its poison cleared) or LOST."""
+        pos = self.data_pos(page)
+        cur = bytearray(P)
+        bad = self.lo.read_recover_into(cur, pos)  # also makes latent poison in it known
+        if not bad:
+            self.lost.discard(page)
+            return CLEAN
+        if page in self.lost or self.readonly:
+            return LOST
+        rebuilt = self.rebuild(page)
+        want = self.crc_entry(page)
+        if want is None or _crc(rebuilt) != want:
+            return self.lose(page)
+        content = rebuilt
+        if page // self.G in self.pins:
+            # Raw stores through a mapping may be ahead of parity in the clean lines: keep them,
+            # take only the bad lines from the rebuilt page (last persisted, CRC-verified).
+            content = cur
+            for s, n in bad:
+                content[s - pos : s - pos + n] = rebuilt[s - pos : s - pos + n]
+        self.rewrite(page, content, want)
+        self.repaired.extend((s - self.base, n) for s, n in bad)
+        return REPAIRED
+
+    def rewrite(self, page: int, content, crc: int) -> None:
+        """Write a rebuilt page back under an intent record: RECOVERY_WRITE + recovery_write,
+        page-aligned, which clears its poison."""
+        self._seq += 1
+        self.lo.store(pack_intent(self._seq, page, crc), self._intent0)
+        self.put_page(self.geo.data_start + page, content)
+        self.lo.store(bytes(INTENT_SIZE), self._intent0)
+        self.lost.discard(page)
+
+    def lose(self, page: int) -> int:
+        """The page cannot be rebuilt: it stays known bad on the lower device (made so when it
+        had no poison: a page lost to silent corruption must read as EIO, not as wrong bytes)."""
+        pos = self.data_pos(page)
+        if not self.lo.known_errors(pos, P):
+            self.lo.badblocks.add(f"{pos // 512} {P // 512}")
+        if page not in self.lost:
+            self.lost.add(page)
+            self.newly_lost.append(page)
+        return LOST
+
+    # -- making a group current --------------------------------------------------------------------------
+    def recompute(self, g: int, *, written=(), repair: bool = True, trusted: bool | None = None) -> None:
+        """Parity and CRCs of group g from its data.  ``repair``: bad pages are first rebuilt
+        with the current parity.  In a trusted group (not mapped, no crash) a page outside
+        ``written`` whose CRC does not match holds corrupt bytes that the degraded group cannot
+        rebuild: it is lost rather than blessed with a new CRC."""
+        if trusted is None:
+            trusted = g not in self.pins
+        a, b = self.geo.group_pages(g)
+        k = b - a
+        buf = bytearray(k * P)
+        mv = memoryview(buf)
+        bad = {a + i for i in self.contents(mv, self.data_pos(a))}
+        if repair:
+            for page in sorted(bad - set(written)):
+                if self.repair_page(page) == REPAIRED:
+                    i = page - a
+                    if not self.contents(mv[i * P : (i + 1) * P], self.data_pos(page)):
+                        bad.discard(page)
+        new = page_crcs(buf, k)
+        table = self.crc_table(a, b)
+        if table is None:
+            table = new.copy()
+        elif trusted:
+            for i in np.flatnonzero(new != table):
+                page = a + int(i)
+                if page not in bad and page not in written:
+                    self.lose(page)
+                    bad.add(page)
+                    mv[int(i) * P : int(i) * P + P] = bytes(P)  # how a lost page reads from now on
+        for page in bad:
+            new[page - a] = table[page - a]  # a lost page keeps the CRC of what it held
+        self.put_page(self.geo.parity_start + g, xor_pages(buf, k))
+        self.lo.store(new.tobytes(), self.crc_pos(a))
+
+    def verify(self, g: int) -> None:
+        """Scrub group g: repair poisoned pages, then check every CRC and the parity and fix
+        what does not match -- a corrupt page (rebuilt, ``corrupt``), CRC entries or a parity
+        page that are wrong while the data agrees with parity (rewritten) -- or lose pages."""
+        if g in self.pins:
+            return self.recompute(g, trusted=False)  # raw stores are not corruption: persist
+        a, b = self.geo.group_pages(g)
+        k = b - a
+        buf = bytearray(k * P)
+        mv = memoryview(buf)
+        bad = {a + i for i in self.contents(mv, self.data_pos(a))}
+        for page in sorted(bad):
+            if self.repair_page(page) == REPAIRED:
+                i = page - a
+                if not self.contents(mv[i * P : (i + 1) * P], page * P + self.base):
+                    bad.discard(page)
+        table = self.crc_table(a, b)
+        if table is None:
+            return self.recompute(g, repair=False, trusted=False)
+        now = page_crcs(buf, k)
+        mism = [a + int(i) for i in np.flatnonzero(now != table) if a + int(i) not in bad]
+        par = bytearray(P)
+        if self.contents(memoryview(par), self.parity_pos(g)):
+            for page in mism:  # no parity to rebuild them from
+                self.lose(page)
+            return self.recompute(g, repair=False)
+        x = xor_pages(buf, k)
+        agree = x.tobytes() == bytes(par)
+        if not mism:
+            if not agree:  # stale or corrupt parity (or a group with a lost page): rewrite it
+                self.put_page(self.geo.parity_start + g, x)
+                self.metadata.append((self.parity_pos(g), P))
+            return
+        if agree:  # the data agrees with parity: the CRC entries are what is wrong
+            self.lo.store(now.tobytes(), self.crc_pos(a))
+            self.metadata.append((self.crc_pos(a), 4 * k))
+            return
+        if len(mism) == 1:
+            page = mism[0]
+            i = page - a
+            rebuilt = np.frombuffer(par, np.uint64) ^ x ^ np.frombuffer(mv[i * P : i * P + P], np.uint64)
+            if _crc(rebuilt) == int(table[i]):
+                self.rewrite(page, rebuilt.tobytes(), int(table[i]))
+                self.corrupt.append((page * P, P))
+                return
+        for page in mism:
+            self.lose(page)
+        self.recompute(g, repair=False)
+
+    # -- metadata pages ----------------------------------------------------------------------------------
+    def repair_csum_page(self, cp: int) -> None:
+        """Rebuild the entries on bad lines of checksum page ``cp`` from the data pages they
+        describe; a data page that cannot be read at the same time cannot be verified: lost."""
+        pos = cp * P
+        page = bytearray(P)
+        bad = self.lo.read_recover_into(page, pos)
+        if not bad or self.readonly:
+            return
+        entries = np.frombuffer(page, LE32)
+        first = (pos - self._csum0) // 4
+        data = bytearray(P)
+        for s, n in bad:
+            for i in range((s - pos) // 4, (s + n - pos) // 4):
+                dp = first + i
+                if dp >= self.N:
+                    entries[i] = 0
+                    continue
+                if self.lo.read_recover_into(data, self.data_pos(dp)):
+                    self.lose(dp)
+                entries[i] = _crc(data)
+        self.put_page(cp, page)
+        self.metadata.append((pos, P))
+
+    def repair_meta_page(self, lower_page: int) -> None:
+        """A metadata page has known poison: rewrite it from what it describes."""
+        geo = self.geo
+        kind = geo.region(lower_page)
+        if self.readonly or kind == "data":
+            return
+        if kind == "csum":
+            return self.repair_csum_page(lower_page)
+        if kind == "parity":
+            self.recompute(lower_page - geo.parity_start, repair=False)
+        elif kind == "header":
+            hdr = pack_header(geo)
+            self.put_page(lower_page, hdr + bytes(P - len(hdr)))
+        elif kind == "intent":
+            self.put_page(lower_page, bytes(P))  # no repair is running while the lock is free
+        else:
+            i = (lower_page - geo.intent_start - 1) * P
+            self.put_page(lower_page, bytes(self.dirty[i : i + P]).ljust(P, b"\0"))
+        self.metadata.append((lower_page * P, P))
+
+    # -- open -----------------------------------------------------------------------------------------
+    def recover_at_open(self) -> bool:
+        """Replay a pending repair, make dirty groups current, clear the byte map.  Returns
+        True when the intent record could not be read (the caller then verifies everything)."""
+        lo, geo = self.lo, self.geo
+        rec = bytearray(INTENT_SIZE)
+        unknown = lo.mc_read(rec, self._intent0) < INTENT_SIZE
+        if unknown:
+            self.repair_meta_page(geo.intent_start)
+        elif (pending := unpack_intent(rec)) is not None:
+            self.replay(*pending)
+        bmap = bytearray(geo.ngroups)
+        for s, n in lo.read_recover_into(bmap, self._map0):
+            bmap[s - self._map0 : s - self._map0 + n] = b"\x01" * n  # unreadable: assume dirty
+        for g in np.flatnonzero(np.frombuffer(bmap, np.uint8)):
+            self.recompute(int(g), trusted=False)
+        for mp in range(geo.map_pages):
+            self.put_page(geo.intent_start + 1 + mp, bytes(P))
+        return unknown
+
+    def replay(self, page: int, crc: int) -> None:
+        """Finish a repair a crash cut off: rebuild the page again and write it back (its CRC
+        verified); if the page already holds its verified bytes, only the record goes."""
+        if 0 <= page < self.N:
+            want = self.crc_entry(page)
+            rebuilt = self.rebuild(page)
+            if want is not None and _crc(rebuilt) == want:
+                self.rewrite(page, rebuilt, want)
+            else:
+                cur = bytearray(P)
+                if self.lo.read_recover_into(cur, self.data_pos(page)) or _crc(cur) != want:
+                    self.lose(page)
+        self.lo.store(bytes(INTENT_SIZE), self._intent0)
+
+    # -- reports -----------------------------------------------------------------------------------------
+    def take_log(self) -> tuple[list, list, list]:
+        out = (
+            ranges.union([], [(s, s + n) for s, n in self.repaired]),
+            ranges.union([], [(s, s + n) for s, n in self.corrupt]),
+            ranges.union([], [(s, s + n) for s, n in self.metadata]),
+        )
+        self.repaired, self.corrupt, self.metadata = [], [], []
+        return out
