@@ -11,7 +11,7 @@ import struct
 import pytest
 
 import daxkit
-from daxkit.fs import layout
+from daxkit.fs import daxfs, layout, superblock
 from daxkit.medium.image import DATA_OFFSET
 
 from ..conftest import daxkit_cli
@@ -249,6 +249,77 @@ def test_a_log_append_over_known_poison_rewrites_instead_of_shutting_down(base, 
         fs.mkdir("/new")
         assert fs.sb.epoch == epoch + 1 and fs.listdir("/new") == []
     _all_whole(image, dict(base["tree"], **{"/new": "dir"}))
+
+
+# -- a kill between any two stores is a crash, never damage ---------------------------------------------
+class Killed(BaseException):
+    """The process dies here: nothing after this store happens."""
+
+
+def _kill_at(monkeypatch, module, name: str, step: int) -> None:
+    real, calls = getattr(module, name), []
+
+    def store(*args):
+        if len(calls) == step:
+            raise Killed()
+        calls.append(args[1])
+        real(*args)
+
+    monkeypatch.setattr(module, name, store)
+
+
+def _after_the_kill(path: str) -> daxkit.DaxDevice:
+    dev = daxkit.open(path)
+    report = daxkit.fsck(dev)
+    assert report["clean"], report["problems"]
+    return dev
+
+
+@pytest.mark.parametrize("step", range(6))
+def test_a_kill_between_any_two_log_stores_is_a_crash(base, tmp_path, monkeypatch, step):
+    """The six stores of an append: record in A, in B, first word in A (the commit point), in
+    B, second word in A, in B."""
+    path = str(tmp_path / "kill.img")
+    shutil.copyfile(base["path"], path)
+    dev = daxkit.open(path)
+    fs = daxkit.mount(dev)
+    _kill_at(monkeypatch, daxfs, "meta_write", step)
+    with pytest.raises(Killed):
+        fs.mkdir("/new")
+    monkeypatch.undo()
+    dev.close()
+    with _after_the_kill(path) as dev:
+        with daxkit.mount(dev, readonly=True) as ro:
+            assert ro.exists("/new") == (step >= 3)
+        tree = dict(base["tree"], **({"/new": "dir"} if step >= 3 else {}))
+        with daxkit.mount(dev):  # read-write: whatever the kill left behind is made current
+            pass
+        _all_whole(dev, tree)
+
+
+@pytest.mark.parametrize("step", range(4))
+def test_a_kill_between_any_two_checkpoint_stores_is_a_crash(base, tmp_path, monkeypatch, step):
+    """The four block writes of a checkpoint: copy a, copy b, the commit slot, the other slot."""
+    path = str(tmp_path / "kill.img")
+    shutil.copyfile(base["path"], path)
+    dev = daxkit.open(path)
+    fs = daxkit.mount(dev)
+    epoch = fs.sb.epoch
+    _kill_at(monkeypatch, superblock, "meta_write_verified", step)
+    with pytest.raises(Killed):
+        fs.sync()
+    monkeypatch.undo()
+    dev.close()
+    with _after_the_kill(path) as dev:
+        with daxkit.mount(dev, readonly=True) as ro:
+            assert ro.sb.epoch == epoch + (step >= 3) and _contents(ro) == base["tree"]
+        with daxkit.mount(dev):
+            pass
+        _all_whole(dev, base["tree"])
+        with open(path, "rb") as f:
+            f.seek(DATA_OFFSET)
+            slots = f.read(2 * P)
+        assert slots[:P] == slots[P:]
 
 
 # -- versions, file data, fsck --repair ------------------------------------------------------------------

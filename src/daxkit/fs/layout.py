@@ -25,14 +25,14 @@ Why a log plus checkpoints (the crash-consistency design)
 Why every piece twice (the redundancy design)
     Poison or a flipped bit in one copy of anything the mount needs must cost nothing.
     * Superblock: a checkpoint writes the new block into slot ``sb_seq % 2`` (the commit point)
-      and then the same bytes into the other slot.  The newest valid slot wins; the other one
-      one ``sb_seq`` behind is a crash between the two writes, anything else is a damaged copy.
+      and then the same bytes into the other slot.  The newest valid slot wins; a slot one
+      ``sb_seq`` behind it is a crash between the two writes, any other difference is damage.
     * Log: each record is written at the same offset in copy A and copy B, in this order:
       record bytes in A and B (commit words zero), first word in A (the commit point), in B,
       second word in A, in B.  Replay takes, record by record, a copy whose header and CRC
       check out, committed when any of the four words says so: one damaged copy loses nothing;
-      a committed record unreadable in both copies is damage.  Zero words in a record that is
-      otherwise whole are a crash between the stores, not damage.
+      a committed record unreadable in both copies is damage.  Zero words in the last record
+      are a crash between the stores, not damage (in an earlier record they are damage).
     * Checkpoint: both copies of the area are written and read back before the superblock; the
       superblock's length and CRC apply to both.  The mount reads copy a, else copy b.
     A read-write mount that met a damaged or stale copy writes every copy afresh (a new

@@ -1,26 +1,36 @@
-"""daxfs super: formatting, and reading the metadata off the device (mount, fsck, and a
-read-only mount that follows a live writer).
+"""daxfs super: formatting, writing checkpoints and superblocks, and reading the metadata off
+the device (mount, fsck, and a read-only mount that follows a live writer).
 
 Rules
   * Metadata is read and written only through the fsdax layer, like file data.
+  * Every structure has two copies (layout.py).  A load uses any copy that checks out and
+    sorts what it saw into ``problems`` (every copy of something needed is lost: the mount
+    refuses, fsck lists it), ``notes`` (a damaged or stale copy, poison in unused space:
+    nothing lost, fsck lists it with its device offset) and ``repair`` (a read-write mount
+    must write every copy afresh: notes, or a copy that a crash left one step behind, which
+    is no damage).
   * A reader never reports damage that is not there.  Another process may be writing while we
     read (SPEC 3, "Sharing an image"): a log append or a checkpoint can land between two of our
     copies, and the bytes we hold then form a view that never existed.  So a load is validated
     like a seqlock read, on the bytes instead of a counter: after loading, the regions the view
-    was built from (its superblock, its checkpoint, the log up to its tail) are read again; if
-    any moved, the view was torn and the load starts again.  A load that found anything wrong
-    re-reads everything (both superblocks, the whole log): damage is reported only when two
-    reads agree on it.
-  * The log is read with the recovery read, so poison in it costs only what it covers: records
-    before it replay, poison past the last committed record (the unused tail) is no damage at
-    all, and a committed record lost to poison is found by its second commit word.
+    was built from (its superblock, its checkpoint, both log copies up to its tail) are read
+    again; if any moved, the view was torn and the load starts again.  A load that found
+    anything wrong re-reads everything (both superblocks, both whole log copies): damage is
+    reported only when two reads agree on it.
+  * The log is read with the recovery read, so poison in it costs only what it covers: a
+    record poisoned in one copy is read from the other, poison past the last committed record
+    (the unused tail) is no damage at all, and a committed record lost to poison in both
+    copies is found by a commit word that survives.
+  * A read-write mount reads the whole metadata area once (``scrub_metadata``), so latent
+    poison in pages no load reads (the spare checkpoint area) is found and cleared too.
   * A read-only mount asks ``changed()`` before and after each operation: one look at the
-    superblock pages and at the commit word where the writer's next record would go.
+    superblock pages and at the commit word where the writer's next record would go (copy A:
+    the commit point).
 
 Theory of operation
-  Appends never move committed bytes within an epoch, and a checkpoint changes a superblock page
-  before the log is reused; so "superblock pages unchanged and no record at the tail" means
-  nothing committed since the view was loaded.
+  Appends never move committed bytes within an epoch, and a checkpoint changes both superblock
+  pages before the log is reused; so "superblock pages unchanged and no record at the tail"
+  means nothing committed since the view was loaded.
 """
 
 from __future__ import annotations
