@@ -408,9 +408,10 @@ class ParityDevice:
         self._check_range(offset, n)
         self._writable()
         kept: list[tuple[int, int]] = []
+        first, last = offset // P * P, -(-(offset + n) // P) * P
         self._enter()
         try:
-            if self._clear_for_write(offset, n):
+            if self._clear_for_write(first, last - first):  # the pages touched, as the lower's
                 if n:
                     self._par.update(data, offset)
             else:
@@ -539,10 +540,16 @@ class ParityDevice:
 
     # -- known errors, state ------------------------------------------------------------------------------
     def known_errors(self, offset: int = 0, length: int | None = None) -> list[tuple[int, int]]:
-        end = self.size if length is None else offset + length
+        end = self.size if length is None else min(self.size, offset + length)
+        offset = max(0, offset)  # never the metadata below logical 0
+        if end <= offset:
+            return []
         return [(s - self._base, n) for s, n in self.lower.known_errors(offset + self._base, end - offset)]
 
     def first_bad(self, start: int, end: int) -> int | None:
+        start, end = max(0, start), min(self.size, end)
+        if end <= start:
+            return None
         hit = self.lower.first_bad(start + self._base, end + self._base)
         return None if hit is None else hit - self._base
 
