@@ -290,7 +290,9 @@ class DaxFS:
                 f"{limit} are available to this operation"
             )
         area = 1 - sb.area
-        new = Superblock(sb.sb_seq + 1, sb.epoch + 1, area, len(raw), zlib.crc32(raw), g, sb.uuid)
+        new = Superblock(
+            sb.sb_seq + 1, sb.epoch + 1, area, len(raw), zlib.crc32(raw), g, sb.uuid, sb.redundancy
+        )
         self._meta_busy += 1
         try:
             superblock.write_checkpoint(self.dev, g, area, raw)  # both copies, read back

@@ -52,7 +52,9 @@ from ..units import PAGE_SIZE
 
 SB_MAGIC = b"DAXFS\x00\x00\x01"
 VERSION = 2  # 2: every metadata structure kept twice
-_SB = struct.Struct("<8sIQQIIIQII16s")  # magic ver sb_seq epoch area ck_len ck_crc nblocks L C uuid
+# magic ver sb_seq epoch area ck_len ck_crc nblocks L C uuid redundancy
+_SB = struct.Struct("<8sIQQIIIQII16sI")
+REDUNDANCY_MODES = ("none", "parity")  # the superblock's redundancy field: an index into this
 _SB_CRC_AT = 256
 REC_MAGIC = 0xDAF5_1060
 _REC = struct.Struct("<IIQQI")  # magic, length, epoch, seq, crc32(epoch, seq, payload)
@@ -139,12 +141,13 @@ class Superblock:
     ckpt_crc: int
     geometry: Geometry
     uuid: bytes
+    redundancy: str = "none"  # "parity": the filesystem lives on a parity layer (redundancy/)
 
     def encode(self) -> bytes:
         g = self.geometry
         body = _SB.pack(
             SB_MAGIC, VERSION, self.sb_seq, self.epoch, self.area, self.ckpt_len, self.ckpt_crc,
-            g.nblocks, g.log_blocks, g.ckpt_blocks, self.uuid,
+            g.nblocks, g.log_blocks, g.ckpt_blocks, self.uuid, REDUNDANCY_MODES.index(self.redundancy),
         )  # fmt: skip
         block = bytearray(PAGE_SIZE)
         block[: len(body)] = body
@@ -158,13 +161,28 @@ class Superblock:
         (crc,) = struct.unpack_from("<I", block, _SB_CRC_AT)
         if _sb_crc(block) != crc:
             raise FormatError("superblock checksum mismatch")
-        _, ver, sb_seq, epoch, area, ck_len, ck_crc, nblocks, lb, cb, uid = _SB.unpack_from(block)
+        _, ver, sb_seq, epoch, area, ck_len, ck_crc, nblocks, lb, cb, uid, red = _SB.unpack_from(block)
         if ver != VERSION:
             raise VersionError(ver)
         g = Geometry(nblocks, lb, cb)
         if g != Geometry.for_device(device_size) or area not in (0, 1) or ck_len > g.ckpt_bytes:
             raise FormatError("superblock geometry does not match the device")
-        return cls(sb_seq, epoch, area, ck_len, ck_crc, g, uid)
+        if red >= len(REDUNDANCY_MODES):
+            raise FormatError(f"unknown redundancy mode {red}")
+        return cls(sb_seq, epoch, area, ck_len, ck_crc, g, uid, REDUNDANCY_MODES[red])
+
+    @staticmethod
+    def peek(block: bytes) -> tuple[str, int] | None:
+        """(redundancy mode, blocks) of a well-formed superblock of this version, before the
+        device it was made for is known (a parity layer changes the device's size); or None."""
+        if len(block) < PAGE_SIZE or block[:8] != SB_MAGIC:
+            return None
+        if _sb_crc(block) != struct.unpack_from("<I", block, _SB_CRC_AT)[0]:
+            return None
+        fields = _SB.unpack_from(block)
+        if fields[1] != VERSION or fields[11] >= len(REDUNDANCY_MODES):
+            return None
+        return REDUNDANCY_MODES[fields[11]], fields[7]
 
 
 def _sb_crc(block) -> int:
