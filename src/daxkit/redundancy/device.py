@@ -89,12 +89,13 @@ class ParityDevice:
         self._par = Parity(lower, geo, readonly=readonly)
         self._lock = threading.RLock()
         self._held = 0
-        self._pending: list = []  # news that came while we were busy; None + groups: an orphan mapping
+        self._pending: list = []  # news that came while we were busy; (None, key): an orphan mapping
         self._outbox: list = []  # (lower intervals, flags) to tell upward
         self._told: dict[int, ranges.Intervals] = {}  # lost page -> lower ranges already told
         self._holder = None
-        self._maps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # mapping -> groups
-        self._finalizers: dict[int, weakref.finalize] = {}
+        self._maps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # mapping -> key
+        self._finalizers: dict[int, weakref.finalize] = {}  # key -> finalizer
+        self._keys = 0
         self._dead = False
         self._closed = False
         if readonly:
@@ -109,7 +110,7 @@ class ParityDevice:
                     for g in range(geo.ngroups):
                         self._par.verify(g)
                 self._repair_known()
-                self._par.clean(force=True)
+                self._par.settle()
             finally:
                 self._leave()
         except BaseException:
@@ -147,7 +148,8 @@ class ParityDevice:
         while self._pending:
             item = self._pending.pop(0)
             if item[0] is None:
-                self._unmap(item[1])
+                self._finalizers.pop(item[1], None)
+                self._par.unpin(item[1])
             else:
                 self._failure(*item)
         par = self._par
@@ -376,8 +378,10 @@ class ParityDevice:
             if not self._clear_for_write(start, n):
                 if offset_in_page or n % P:
                     return 0  # pmem_recovery_write: only whole pages can be recovered
-                lo_pg = pgoff + self._base_pg
-                self._write_lost(start, n, lambda: self.lower.recovery_write(lo_pg, 0, data))
+                def write(s: int, e: int) -> None:
+                    self.lower.recovery_write(s // P + self._base_pg, 0, data[s - start : e - start])
+
+                self._write_lost(start, n, write)
             elif n:
                 self._par.update(data, start)
         finally:
@@ -395,7 +399,8 @@ class ParityDevice:
             if self._clear_for_write(pgoff * P, P):
                 self._par.update(_ZERO_PAGE, pgoff * P)
             else:
-                self._write_lost(pgoff * P, P, lambda: self.lower.zero_page_range(pgoff + self._base_pg, 1))
+                lo_pg = pgoff + self._base_pg
+                self._write_lost(pgoff * P, P, lambda s, e: self.lower.zero_page_range(lo_pg, 1))
         finally:
             self._leave()
 
@@ -416,8 +421,9 @@ class ParityDevice:
                     self._par.update(data, offset)
             else:
 
-                def write() -> None:
-                    kept.extend(self.lower.recovery_write_subpage(offset + self._base, data))
+                def write(s: int, e: int) -> None:
+                    piece = data[s - offset : e - offset]
+                    kept.extend(self.lower.recovery_write_subpage(s + self._base, piece))
 
                 self._write_lost(offset, n, write)
         finally:
@@ -434,16 +440,15 @@ class ParityDevice:
 
     def _write_lost(self, start: int, n: int, write) -> None:
         """A write over pages that parity could not rebuild: the lower device's recovery write,
-        then the groups recomputed from what they hold (lock held)."""
-        par = self._par
-        first, last = start // P, (start + n - 1) // P + 1
-        groups = range(first // par.G, (last - 1) // par.G + 1)
-        for g in groups:
-            if not par.dirty[g]:
-                par.mark(g)
-        write()
-        for g in groups:
-            par.recompute(g, written=set(range(first, last)), repair=False)
+        group by group, each then recomputed from what it holds (lock held).  ``write(s, e)``
+        writes logical [s, e) through the lower device."""
+        par, end = self._par, start + n
+        first, last = start // P, (end - 1) // P + 1
+        for g in range(first // par.G, (last - 1) // par.G + 1):
+            a, b = max(first, g * par.G), min(last, (g + 1) * par.G)
+            par.begin(g, a, b)
+            write(max(start, a * P), min(end, b * P))
+            par.recompute(g, written=set(range(a, b)), repair=False)
         for page in range(first, last):
             if not self.lower.known_errors((self._base_pg + page) * P, P):
                 par.lost.discard(page)
@@ -451,23 +456,35 @@ class ParityDevice:
     # -- mappings --------------------------------------------------------------------------------------
     def map_extents(self, pieces: list[tuple[int, int, int]]):
         """A mapping of the lower device's pages, spoken for by this device (mapping.py): its
-        groups stay dirty while it is open, ``persist`` and ``close`` make them current."""
+        groups are scrubbed first (raw stores will be trusted from now on), stay dirty while it
+        is open, and ``persist`` and ``close`` make them current."""
         for _, d, n in pieces:
             self._check_range(d, n)
+        pages = [(d // P, (d + n - 1) // P + 1) for _, d, n in pieces]
         m = self.lower.map_extents([(mo, d + self._base, n) for mo, d, n in pieces])
         m._via = self
         m._base = self._base
         m.offset = pieces[0][1]
-        groups = tuple(self._groups([(d + self._base, n) for _, d, n in pieces]))
-        if not self.readonly:
-            self._enter()
-            try:
-                self._par.pin(groups)
-            finally:
-                self._leave()
-            self._finalizers[id(m)] = weakref.finalize(m, self._pending.append, (None, groups))
-        self._maps[m] = groups
+        if self.readonly:
+            return m
+        self._enter()
+        try:
+            self._check_mapped(pages)
+            self._keys += 1
+            key = self._keys
+            self._par.pin(key, pages)
+        finally:
+            self._leave()
+        self._maps[m] = key
+        self._finalizers[key] = weakref.finalize(m, self._pending.append, (None, key))
         return m
+
+    def _check_mapped(self, pages: list[tuple[int, int]]) -> None:
+        """Scrub the groups about to be mapped: once raw stores may be ahead of the mapped
+        pages' CRCs, corruption elsewhere in the group could no longer be rebuilt."""
+        for g in self._par.groups_of(pages):
+            if g not in self._par.pins:
+                self._par.verify(g)
 
     def map(self, offset: int = 0, length: int | None = None):
         """A mapping of [offset, offset+length) (the device's own ``map``)."""
@@ -477,22 +494,15 @@ class ParityDevice:
             raise InvalidArgument(f"mapping offset {offset} length {length}: page-aligned, > 0")
         return self.map_extents([(0, offset, -(-length // P) * P)])
 
-    def _groups(self, runs) -> list[int]:
-        G = self._par.G
-        out = set()
-        for doff, k in runs:
-            a = (doff - self._base) // P
-            b = (doff - self._base + k - 1) // P
-            out.update(range(a // G, b // G + 1))
-        return sorted(out)
-
     def _mapping_persist(self, runs) -> None:
         if self.readonly:
             return
+        base = self._base
+        groups = self._par.groups_of([((d - base) // P, (d - base + k - 1) // P + 1) for d, k in runs])
         self._enter()
         try:
-            for g in self._groups(runs):
-                self._par.recompute(g, trusted=False)
+            for g in groups:
+                self._par.recompute(g)
         finally:
             self._leave()
 
@@ -500,22 +510,17 @@ class ParityDevice:
         self._mapping_persist([(doff, k)])
 
     def _mapping_closed(self, m) -> None:
-        groups = self._maps.pop(m, ())
-        fin = self._finalizers.pop(id(m), None)
+        key = self._maps.pop(m, None)
+        fin = self._finalizers.pop(key, None)
         if fin is not None:
             fin.detach()
-        if self.readonly or self._closed or self._dead or not groups:
+        if key is None or self._closed or self._dead:
             return
         self._enter()
         try:
-            self._unmap(groups)
+            self._par.unpin(key)
         finally:
             self._leave()
-
-    def _unmap(self, groups) -> None:
-        for g in groups:
-            self._par.recompute(g, trusted=False)
-        self._par.unpin(groups)
 
     def _mapping_read_lines(self, dst: memoryview, doff: int):
         """A mapping's safe read met poison: repair and go on.  Returns (bytes delivered, first
@@ -583,15 +588,14 @@ class ParityDevice:
         par = self._par
         self._enter()
         try:
-            for groups in list(self._maps.values()):
-                for g in groups:
-                    par.recompute(g, trusted=False)
+            for g in sorted(par.pins):
+                par.recompute(g)  # mappings' raw stores: persisted, not taken for corruption
             self._repair_known()
             if verify:
                 for g in range(self.geometry.ngroups):
                     par.verify(g)
                 self._verify_metadata()
-            par.clean(force=True)
+            par.settle()
         finally:
             self._leave()
         self._enter()  # the drain above may have lost more; take the log after it
@@ -613,8 +617,8 @@ class ParityDevice:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close every mapping made through this device (each persists first), leave the byte
-        map clean, let go of the lower device and close it."""
+        """Close every mapping made through this device (each persists first), leave nothing
+        in flight, let go of the lower device and close it."""
         if self._closed:
             return
         if not (self.readonly or self._dead):
@@ -623,7 +627,7 @@ class ParityDevice:
                     m.close()
                 self._enter()
                 try:
-                    self._par.clean(force=True)
+                    self._par.settle()
                 finally:
                     self._leave()
                 if self.lower.holder is self:

@@ -14,16 +14,21 @@ Rules
   * Parity is the XOR of what the lower device's recovery read returns for each data page: the
     data while a page is clean, zeroes on the bad lines of a lost page.  A group with a lost page
     therefore keeps protecting its other pages once it has been recomputed.
-  * No RAID-5 write hole: a group's dirty byte is stored before its data or parity changes and
-    cleared only while both are current.  Clearing is lazy (md's write-intent bitmap): a byte left
-    set costs one recompute of that group at the next open, nothing else.  A group covered by an
-    open mapping stays dirty until the mapping closes (raw stores are covered at ``persist``).
+  * No RAID-5 write hole.  Updates run one at a time (the lock), so one 8-byte "update in
+    flight" word names the group and the pages whose data or CRCs the update may leave torn; it
+    is stored before the update's first write (one aligned 8-byte store: a kill cannot tear it).
+    At open that group is recomputed, its named pages from their data, its other pages checked
+    against their CRCs -- so a crash never blesses corruption elsewhere, as a recompute of every
+    recently written group (md's lazily cleared bitmap) would.  A group covered by an open
+    mapping has its byte set in the dirty-group map until the mapping closes: at open it is
+    recomputed whole (raw stores are covered at ``persist``).
   * A repair stores an intent record (the page, its CRC) before its recovery write and clears it
     after; the next open replays a record it finds.
 
 Theory of operation
-  ``update`` is the store path: mark the group dirty, read the old page, the parity page and
-  the old CRC (machine-check-safe), parity ^= old ^ new, store data, parity and the new CRC.
+  ``update`` is the store path: read the old page, the parity page and the old CRC
+  (machine-check-safe), name the update in flight, parity ^= old ^ new, store data, parity and
+  the new CRC.
   Anything unusual on the way -- poison in a page it reads, a CRC that does not match the old
   data -- sends it to ``_update_slow``, which repairs or verifies the group first and retries, or,
   when the group has a page that cannot be rebuilt, writes through and recomputes.
@@ -50,9 +55,11 @@ P = PAGE_SIZE
 WORDS = P // 8
 LE32 = np.dtype("<u4")  # the CRC table, as stored
 CLEAN, REPAIRED, LOST = 0, 1, 2
-DIRTY_LIMIT = 256  # groups left dirty before the byte map is cleaned (md's bitmap daemon)
+SLOT = INTENT_SIZE  # the update-in-flight word: in the intent page, after the repair record
 _crc = crc32c.crc32c
 _U32 = struct.Struct("<I")
+_u32 = _U32.unpack
+_U64 = struct.Struct("<Q")
 _ONE, _ZERO = b"\x01", b"\x00"
 
 
@@ -80,8 +87,10 @@ class Parity:
         self._map0 = (geo.intent_start + 1) * P
         self._intent0 = geo.intent_start * P
         self.dirty = bytearray(geo.ngroups)  # the byte map as this process last stored it
-        self.unclean: set[int] = set()  # dirty groups that are current again (cleared lazily)
-        self.pins: dict[int, int] = {}  # group -> open mappings covering it
+        self._slot = self._intent0 + SLOT
+        self._inflight = 0  # the update-in-flight word as last stored (0: none)
+        self.pins: dict[int, int] = {}  # group -> open mappings covering pages of it
+        self.maps: dict[int, list[tuple[int, int]]] = {}  # open mapping -> its pages [a, b)
         self.lost: set[int] = set()  # logical pages that could not be rebuilt
         self.repaired: list[tuple[int, int]] = []  # logical ranges, since the last report
         self.corrupt: list[tuple[int, int]] = []
@@ -92,6 +101,7 @@ class Parity:
         self._old_mv = memoryview(self._old).cast("B")
         self._par = np.zeros(WORDS, np.uint64)
         self._par_mv = memoryview(self._par).cast("B")
+        self._crcbuf = bytearray(4)
 
     # -- positions on the lower device (bytes) ----------------------------------------------------
     def data_pos(self, page: int) -> int:
@@ -103,42 +113,73 @@ class Parity:
     def crc_pos(self, page: int) -> int:
         return self._csum0 + 4 * page
 
-    def pinned(self, g: int) -> bool:
-        return g in self.pins
+    def mapped(self, a: int, b: int) -> set[int]:
+        """Pages of [a, b) that an open mapping covers: raw stores may be ahead of their CRC."""
+        out: set[int] = set()
+        for ivs in self.maps.values():
+            for s, e in ivs:
+                out.update(range(max(a, s), min(b, e)))
+        return out
 
-    # -- the dirty-group byte map ---------------------------------------------------------------
-    def mark(self, g: int) -> None:
-        """Store group g's dirty byte: before any of its data or parity changes."""
-        self.lo.store(_ONE, self._map0 + g)
-        self.dirty[g] = 1
-        if g not in self.pins:
-            self.unclean.add(g)
+    # -- the update in flight and the dirty-group byte map ------------------------------------------
+    def begin(self, g: int, a: int, b: int) -> None:
+        """Name the update about to write group g, its pages [a, b) possibly torn by it."""
+        base = g * self.G
+        word = ((g << 26) | ((a - base) << 13) | (b - base)) + 1
+        if word != self._inflight:
+            self.lo.store(_U64.pack(word), self._slot)
+            self._inflight = word
 
-    def clean(self, force: bool = False) -> None:
-        """Clear the bytes of groups that are current (no update is running: the lock is held)."""
-        if not force and len(self.unclean) <= DIRTY_LIMIT:
-            return
-        for g in sorted(self.unclean):
-            if g not in self.pins:
-                self.lo.store(_ZERO, self._map0 + g)
-                self.dirty[g] = 0
-        self.unclean.clear()
+    def settle(self) -> None:
+        """No update is in flight (the lock is held and free of work): say so."""
+        if self._inflight:
+            self.lo.store(bytes(8), self._slot)
+            self._inflight = 0
 
-    def pin(self, groups) -> None:
-        for g in groups:
+    def _in_flight(self) -> tuple[int, int, int] | None:
+        buf = bytearray(8)
+        if self.lo.mc_read(buf, self._slot) < 8:
+            return None
+        word = _U64.unpack(buf)[0]
+        if not word:
+            return None
+        word -= 1
+        g, a, b = word >> 26, (word >> 13) & 0x1FFF, word & 0x1FFF
+        if g >= self.geo.ngroups:
+            return None
+        return g, g * self.G + a, min(self.N, g * self.G + b)
+
+    def _set_dirty(self, g: int, value: int) -> None:
+        self.lo.store(_ONE if value else _ZERO, self._map0 + g)
+        self.dirty[g] = value
+
+    def pin(self, key: int, pages: list[tuple[int, int]]) -> None:
+        """An open mapping covers ``pages``: their groups stay dirty until it is let go."""
+        self.maps[key] = pages
+        for g in self.groups_of(pages):
             self.pins[g] = self.pins.get(g, 0) + 1
             if not self.dirty[g]:
-                self.mark(g)
-            self.unclean.discard(g)
+                self._set_dirty(g, 1)
 
-    def unpin(self, groups) -> None:
+    def groups_of(self, pages: list[tuple[int, int]]) -> list[int]:
+        return sorted({g for a, b in pages for g in range(a // self.G, (b - 1) // self.G + 1)})
+
+    def unpin(self, key: int) -> None:
+        """The mapping is gone: persist its groups (they are current from here on) and let go."""
+        pages = self.maps.get(key)
+        if pages is None:
+            return
+        groups = self.groups_of(pages)
+        for g in groups:
+            self.recompute(g)
+        del self.maps[key]
         for g in groups:
             left = self.pins.get(g, 0) - 1
             if left > 0:
                 self.pins[g] = left
                 continue
             self.pins.pop(g, None)
-            self.unclean.add(g)
+            self._set_dirty(g, 0)
 
     # -- loads -------------------------------------------------------------------------------------
     def contents(self, mv: memoryview, pos: int) -> list[int]:
@@ -181,23 +222,29 @@ class Parity:
             self._update_page(src, off // P)
         else:
             self._update_range(memoryview(src).cast("B"), off, n)
-        if len(self.unclean) > DIRTY_LIMIT:
-            self.clean()
 
     def _update_page(self, src, page: int) -> None:
-        """The common case, one whole page: 2 safe loads, 2 XORs, 3 stores, 1 CRC.  The old
-        page's CRC is not checked: none of its bytes survive the store.  (Were they silently
-        corrupt, parity now carries that: the next scrub finds parity disagreeing with data
-        whose CRCs all match and rewrites it; a rebuild before that fails its CRC -- a loss
-        reported, never wrong bytes.)"""
+        """The common case, one whole page: 3 safe loads, 2 XORs, 3 stores, 2 CRCs.  The old
+        page's CRC is checked although none of its bytes survive the store: parity ^= old
+        must not take silent corruption of the old page into parity."""
         g = page // self.G
-        if not self.dirty[g]:
-            self.mark(g)
         lo = self.lo
         pos = self.base + page * P
         ppos = self._parity0 + g * P
         cpos = self._csum0 + 4 * page
-        if lo.mc_read(self._old_mv, pos) == P and lo.mc_read(self._par_mv, ppos) == P:
+        if (
+            lo.mc_read(self._old_mv, pos) == P
+            and lo.mc_read(self._par_mv, ppos) == P
+            and (
+                lo.mc_read(self._crcbuf, cpos) == 4 and _crc(self._old_mv) == _u32(self._crcbuf)[0]
+                or (g in self.pins and page in self.mapped(page, page + 1))  # raw stores: no check
+            )
+        ):
+            base = g * self.G
+            word = ((g << 26) | ((page - base) << 13) | (page + 1 - base)) + 1
+            if word != self._inflight:  # begin(g, page, page + 1), inline
+                lo.store(_U64.pack(word), self._slot)
+                self._inflight = word
             par = self._par
             np.bitwise_xor(par, self._old, out=par)
             np.bitwise_xor(par, np.frombuffer(src, np.uint64), out=par)
@@ -216,12 +263,11 @@ class Parity:
             self._update_group(g, a, b, src[s - off : e - off], s)
 
     def _update_group(self, g: int, a: int, b: int, src: memoryview, off: int, *, retry: bool = True) -> None:
-        if not self.dirty[g]:
-            self.mark(g)
         lo, k = self.lo, b - a
         full = off == a * P and src.nbytes == k * P
         if full and (a, b) == self.geo.group_pages(g):
             # The whole group is new: its parity comes from the new data alone.
+            self.begin(g, a, b)
             lo.store(src, self.data_pos(a))
             self.put_page(self.geo.parity_start + g, xor_pages(src, k))
             lo.store(page_crcs(src, k).tobytes(), self.crc_pos(a))
@@ -229,13 +275,13 @@ class Parity:
         old = bytearray(k * P)
         par = bytearray(P)
         ok = lo.mc_read(old, self.data_pos(a)) == k * P and lo.mc_read(par, self.parity_pos(g)) == P
-        if ok and g not in self.pins:  # (raw stores through a mapping may be ahead of the CRC)
-            # A page the store covers only in part keeps old bytes: they must be the right ones.
-            for page in {a, b - 1}:
-                if off > page * P or off + src.nbytes < page * P + P:
-                    want = self.crc_entry(page)
-                    i = (page - a) * P
-                    ok = ok and want is not None and _crc(memoryview(old)[i : i + P]) == want
+        if ok:  # parity ^= old: the old pages must be what their CRCs say (raw stores aside)
+            table = self.crc_table(a, b)
+            check = np.ones(k, bool)
+            if g in self.pins:
+                for page in self.mapped(a, b):
+                    check[page - a] = False
+            ok = table is not None and bool(np.all((page_crcs(old, k) == table) | ~check))
         if not ok:
             if retry:
                 return self._update_slow(g, a, b, src, off)
@@ -249,6 +295,7 @@ class Parity:
         np.bitwise_xor(o, np.frombuffer(new, np.uint64).reshape(k, WORDS), out=o)
         pa = np.frombuffer(par, np.uint64)
         np.bitwise_xor(pa, np.bitwise_xor.reduce(o, axis=0), out=pa)
+        self.begin(g, a, b)
         lo.store(src, self.base + off)
         lo.store(par, self.parity_pos(g))
         lo.store(page_crcs(new, k).tobytes(), self.crc_pos(a))
@@ -259,8 +306,7 @@ class Parity:
         for page in range(a, b):
             if self.repair_page(page) == LOST:
                 return self._update_degraded(g, a, b, src, off)
-        if g not in self.pins:
-            self.verify(g)  # a CRC mismatch on an old page, or a parity page that needs rebuilding
+        self.verify(g)  # a CRC mismatch on an old page, or a parity page that needs rebuilding
         self._update_group(g, a, b, src, off, retry=False)
 
     def _update_degraded(self, g: int, a: int, b: int, src: memoryview, off: int) -> None:
@@ -268,6 +314,7 @@ class Parity:
         over known poison by its recovery write, which clears them), then recompute the group
         from what is there."""
         lo = self.lo
+        self.begin(g, a, b)
         lo.store(src, self.base + off)
         end = off + src.nbytes
         for page in range(a, b):
@@ -320,7 +367,7 @@ class Parity:
         if want is None or _crc(rebuilt) != want:
             return self.lose(page)
         content = rebuilt
-        if page // self.G in self.pins:
+        if page // self.G in self.pins and page in self.mapped(page, page + 1):
             # Raw stores through a mapping may be ahead of parity in the clean lines: keep them,
             # take only the bad lines from the rebuilt page (last persisted, CRC-verified).
             content = cur
@@ -351,14 +398,15 @@ class Parity:
         return LOST
 
     # -- making a group current --------------------------------------------------------------------------
-    def recompute(self, g: int, *, written=(), repair: bool = True, trusted: bool | None = None) -> None:
+    def recompute(self, g: int, *, written=(), repair: bool = True, trusted: bool = True) -> None:
         """Parity and CRCs of group g from its data.  ``repair``: bad pages are first rebuilt
-        with the current parity.  In a trusted group (not mapped, no crash) a page outside
-        ``written`` whose CRC does not match holds corrupt bytes that the degraded group cannot
-        rebuild: it is lost rather than blessed with a new CRC."""
-        if trusted is None:
-            trusted = g not in self.pins
+        with the current parity.  A page whose bytes may legitimately be ahead of its CRC --
+        in ``written``, under an open mapping, anywhere after a crash (``trusted`` False) --
+        gets a new CRC; any other page whose CRC does not match holds corrupt bytes that the
+        group cannot rebuild now: it is lost rather than blessed with a new CRC."""
         a, b = self.geo.group_pages(g)
+        if g in self.pins:
+            written = set(written) | self.mapped(a, b)
         k = b - a
         buf = bytearray(k * P)
         mv = memoryview(buf)
@@ -382,6 +430,8 @@ class Parity:
                     mv[int(i) * P : int(i) * P + P] = bytes(P)  # how a lost page reads from now on
         for page in bad:
             new[page - a] = table[page - a]  # a lost page keeps the CRC of what it held
+        changed = [a + int(i) for i in np.flatnonzero(new != table)]
+        self.begin(g, min(changed, default=a), max(changed, default=a - 1) + 1)
         self.put_page(self.geo.parity_start + g, xor_pages(buf, k))
         self.lo.store(new.tobytes(), self.crc_pos(a))
 
@@ -390,7 +440,7 @@ class Parity:
         what does not match -- a corrupt page (rebuilt, ``corrupt``), CRC entries or a parity
         page that are wrong while the data agrees with parity (rewritten) -- or lose pages."""
         if g in self.pins:
-            return self.recompute(g, trusted=False)  # raw stores are not corruption: persist
+            return self.recompute(g)  # raw stores are not corruption: persist (mapped pages)
         a, b = self.geo.group_pages(g)
         k = b - a
         buf = bytearray(k * P)
@@ -415,10 +465,12 @@ class Parity:
         agree = x.tobytes() == bytes(par)
         if not mism:
             if not agree:  # stale or corrupt parity (or a group with a lost page): rewrite it
+                self.begin(g, a, a)
                 self.put_page(self.geo.parity_start + g, x)
                 self.metadata.append((self.parity_pos(g), P))
             return
         if agree:  # the data agrees with parity: the CRC entries are what is wrong
+            self.begin(g, mism[0], mism[-1] + 1)
             self.lo.store(now.tobytes(), self.crc_pos(a))
             self.metadata.append((self.crc_pos(a), 4 * k))
             return
@@ -472,7 +524,8 @@ class Parity:
             hdr = pack_header(geo)
             self.put_page(lower_page, hdr + bytes(P - len(hdr)))
         elif kind == "intent":
-            self.put_page(lower_page, bytes(P))  # no repair is running while the lock is free
+            self.put_page(lower_page, bytes(P))  # nothing is in flight while news is handled
+            self._inflight = 0
         else:
             i = (lower_page - geo.intent_start - 1) * P
             self.put_page(lower_page, bytes(self.dirty[i : i + P]).ljust(P, b"\0"))
@@ -480,15 +533,20 @@ class Parity:
 
     # -- open -----------------------------------------------------------------------------------------
     def recover_at_open(self) -> bool:
-        """Replay a pending repair, make dirty groups current, clear the byte map.  Returns
-        True when the intent record could not be read (the caller then verifies everything)."""
+        """Replay a pending repair, make the group of the update in flight and the groups of
+        mappings that were open current, clear the intent area.  Returns True when the intent
+        page could not be read (the caller then verifies every group)."""
         lo, geo = self.lo, self.geo
-        rec = bytearray(INTENT_SIZE)
-        unknown = lo.mc_read(rec, self._intent0) < INTENT_SIZE
+        rec = bytearray(2 * INTENT_SIZE)
+        unknown = lo.mc_read(rec, self._intent0) < len(rec)
+        flight = None if unknown else self._in_flight()
         if unknown:
             self.repair_meta_page(geo.intent_start)
         elif (pending := unpack_intent(rec)) is not None:
             self.replay(*pending)
+        if flight is not None:
+            g, a, b = flight
+            self.recompute(g, written=set(range(a, b)))
         bmap = bytearray(geo.ngroups)
         for s, n in lo.read_recover_into(bmap, self._map0):
             bmap[s - self._map0 : s - self._map0 + n] = b"\x01" * n  # unreadable: assume dirty
@@ -496,6 +554,8 @@ class Parity:
             self.recompute(int(g), trusted=False)
         for mp in range(geo.map_pages):
             self.put_page(geo.intent_start + 1 + mp, bytes(P))
+        self._inflight = -1
+        self.settle()
         return unknown
 
     def replay(self, page: int, crc: int) -> None:
