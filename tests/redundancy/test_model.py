@@ -128,6 +128,40 @@ class ParityModel(RuleBasedStateMachine):
         else:
             self.bad = {g: b for g, b in self.bad.items() if b[1] == "flip"}
 
+    @rule(page=st.integers(0, 10**6), k=st.integers(1, 3), zero=st.booleans())
+    def recovery_write(self, page, k, zero):
+        page %= self.npages - k
+        if zero:
+            self.dev.zero_page_range(page, 1)
+            self.want[page * P : page * P + P] = bytes(P)
+            self._clear(page * P, P)
+            return
+        data = os.urandom(k * P)
+        assert self.dev.recovery_write(page, 0, data) == k * P
+        self.want[page * P : page * P + k * P] = data
+        self._clear(page * P, k * P)
+
+    @rule(page=st.integers(0, 10**6), k=st.integers(1, 4))
+    def window_read(self, page, k):
+        page %= self.npages - k
+        if not self._readable(page * P, k * P):
+            return
+        avail, view = self.dev.direct_access(page, k)
+        buf = bytearray(avail * P)
+        if daxkit.copy_mc(buf, view) == 0:  # latent poison faults: then the safe read
+            assert buf == self.want[page * P : (page + avail) * P]
+        buf = bytearray(k * P)
+        assert self.dev.read_recover_into(buf, page * P) == []
+        assert buf == self.want[page * P : (page + k) * P]
+        self._clear(page * P, k * P, ("latent",))
+
+    @rule()
+    def crash(self):
+        """The process dies after its last call returned: nothing closed, nothing settled."""
+        self.dev.lower.close()
+        self.dev = ParityDevice(daxkit.open(self.img))
+        self.dev.holder = self
+
     @rule()
     def reopen(self):
         self.dev.close()

@@ -214,3 +214,23 @@ def test_device_removal_goes_up_as_it_is(held):
     assert h.calls == [(0, dev.size, MF_MEM_PRE_REMOVE)]
     with pytest.raises(daxkit.DeviceGone):
         dev.mc_read(bytearray(1), 0)
+
+
+def test_poison_made_known_by_another_process_is_repaired_here(held, img):
+    """A CLI inject-error with notify elsewhere: our lower device's watcher brings the news to
+    us as its holder; we repair, and the layer above hears nothing."""
+    import time
+
+    from ..conftest import run_py
+
+    dev, h = held
+    page = 11 * GROUP + 3
+    sector = lower_off(dev, page * P) // 512
+    r = run_py(f"import daxkit; daxkit.open({img!r}).inject_error({sector}, 2)")
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 5
+    while dev.lower.known_errors() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert dev.lower.known_errors() == [] and dev.lower.poisoned_ranges() == []
+    assert h.calls == []
+    assert_intact(dev)

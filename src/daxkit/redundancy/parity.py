@@ -545,8 +545,7 @@ class Parity:
         elif (pending := unpack_intent(rec)) is not None:
             self.replay(*pending)
         if flight is not None:
-            g, a, b = flight
-            self.recompute(g, written=set(range(a, b)))
+            self.finish_update(*flight)
         bmap = bytearray(geo.ngroups)
         for s, n in lo.read_recover_into(bmap, self._map0):
             bmap[s - self._map0 : s - self._map0 + n] = b"\x01" * n  # unreadable: assume dirty
@@ -557,6 +556,22 @@ class Parity:
         self._inflight = -1
         self.settle()
         return unknown
+
+    def finish_update(self, g: int, a: int, b: int) -> None:
+        """The update named in flight at a crash.  Every write stores data, then parity, then
+        CRCs: if the CRCs of the named pages all match their data, parity was stored before them
+        (or nothing was stored) and the group is whole -- verified like any other, so corruption
+        elsewhere in it is rebuilt; otherwise the named pages were torn: the group is recomputed
+        from them (the write hole closed) and its other pages checked against their CRCs."""
+        buf = bytearray((b - a) * P)
+        for i in self.contents(memoryview(buf), self.data_pos(a)):
+            self.repair_page(a + i)  # poison met since: parity is whole if the update was
+        bad = self.contents(memoryview(buf), self.data_pos(a))
+        table = self.crc_table(a, b) if b > a else np.zeros(0, LE32)
+        if not bad and table is not None and np.array_equal(page_crcs(buf, b - a), table):
+            self.verify(g)
+        else:
+            self.recompute(g, written=set(range(a, b)))
 
     def replay(self, page: int, crc: int) -> None:
         """Finish a repair a crash cut off: rebuild the page again and write it back (its CRC
