@@ -204,10 +204,21 @@ class ParityDevice:
         par, end = self._par, pos + length
         first, last = pos // P, (end - 1) // P + 1
         for pg in range(first, min(last, self._base_pg)):
-            par.repair_meta_page(pg)
+            try:
+                par.repair_meta_page(pg)
+            except DeviceGone:
+                return
+            except DaxError:
+                pass  # left as it is: the next read of it, or repair(), tries again
         for pg in range(max(first, self._base_pg), last):
             page = pg - self._base_pg
-            if par.repair_page(page) == LOST:
+            try:
+                status = par.repair_page(page)
+            except DeviceGone:
+                return
+            except DaxError:  # (a full badblocks table, say): what could not be repaired goes up
+                status = LOST
+            if status == LOST:
                 self._tell(page, [(max(pos, pg * P), min(end, pg * P + P))], flags)
 
     def _repair_known(self) -> None:
