@@ -186,7 +186,7 @@ class ParityModel(RuleBasedStateMachine):
 
 
 ParityModel.TestCase.settings = settings(
-    max_examples=int(os.environ.get("DAXKIT_PARITY_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("DAXKIT_PARITY_EXAMPLES", "100")),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
