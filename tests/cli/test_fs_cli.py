@@ -68,7 +68,7 @@ def test_df_prints_statfs(image, tmp_path):
     ok("put", image, str(src), "/f")
     shown = json.loads(ok("df", image))
     with daxkit.open(image) as dev, daxkit.mount(dev, readonly=True) as fs:
-        assert shown == fs.statfs()
+        assert shown == {**fs.statfs(), "redundancy": fs.redundancy}
     assert shown["f_bsize"] == 4096 and shown["f_blocks"] - shown["f_bfree"] >= 3
 
 

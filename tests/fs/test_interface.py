@@ -12,6 +12,7 @@ NAMES = {
     "store", "read_recover_into", "map_extents", "known_errors", "first_bad", "holder", "state_word",
     "state_generation", "recovery_write_subpage",
 }  # fmt: skip
+OPTIONAL = {"redundancy", "parity_group", "repair", "lower_offset"}  # the Redundant protocol
 
 
 class OnlyTheInterface:
@@ -22,6 +23,8 @@ class OnlyTheInterface:
         object.__setattr__(self, "used", set())
 
     def __getattr__(self, name):
+        if name in OPTIONAL:
+            raise AttributeError(name)  # asked whether it is a Redundant device: it is not
         if name not in NAMES:
             raise AssertionError(f"the filesystem reached past the device interface: {name}")
         self.used.add(name)

@@ -216,9 +216,9 @@ class _Mounted:
 def cmd_mkfs(a) -> None:
     with daxkit.open(a.image) as dev:
         with signals.critical():
-            daxkit.mkfs(dev, force=a.force)
+            daxkit.mkfs(dev, force=a.force, redundancy=a.redundancy, parity_group=a.parity_group)
         with daxkit.mount(dev, readonly=True) as fs:
-            _emit({"image": a.image, **fs.statfs()})
+            _emit({"image": a.image, **fs.statfs(), "redundancy": fs.redundancy})
 
 
 def cmd_ls(a) -> None:
@@ -310,7 +310,16 @@ def cmd_fsck(a) -> int:
 
 def cmd_df(a) -> None:
     with _Mounted(a.image, readonly=True) as fs:
-        _emit(fs.statfs())
+        _emit({**fs.statfs(), "redundancy": fs.redundancy})
+
+
+def cmd_repair(a) -> int:
+    """SPEC 4.2: repair everything repairable; JSON report; exit 4 when something is lost."""
+    with _Mounted(a.image, readonly=False) as fs:
+        with signals.critical():
+            report = fs.repair()
+    _emit(report.as_dict())
+    return EXIT_DAMAGE if report.lost else 0
 
 
 def cmd_mount(a) -> int:
@@ -394,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = verb("mkfs", cmd_mkfs, "make a daxfs filesystem on the device")
     sp.add_argument("-f", "--force", action="store_true", help="overwrite an existing filesystem")
+    sp.add_argument(
+        "--redundancy", choices=("none", "parity"), default="none",
+        help="parity: XOR parity per group of data pages and a CRC32C per page (SPEC 4.2)",
+    )  # fmt: skip
+    group_help = "data pages per parity group (default: ~1%% space)"
+    sp.add_argument("--parity-group", type=_integer(2), help=group_help)
     sp = verb("ls", cmd_ls, "list a directory of the filesystem")
     sp.add_argument("path", nargs="?", default="/", metavar="PATH")
     sp.add_argument("-l", "--long", action="store_true", help="JSON with type and size")
@@ -418,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     verb("scan", cmd_scan, "every known media error and its owner (JSON)")
     sp = verb("fsck", cmd_fsck, "check the filesystem; exit 4 when damage is found (with --repair: is left)")
     sp.add_argument("--repair", action="store_true", help="rewrite damaged metadata copies from good ones")
-    verb("df", cmd_df, "the filesystem's statfs (JSON)")
+    verb("df", cmd_df, "the filesystem's statfs and redundancy (JSON)")
+    verb("repair", cmd_repair, "repair what redundancy allows; JSON report; exit 4 when something is lost")
     sp = verb("mount", cmd_mount, "serve the filesystem through FUSE")
     sp.add_argument("mountpoint", metavar="MNT")
     sp.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")

@@ -119,6 +119,8 @@ class DaxOperations(Protocol):
 class Redundant(Protocol):
     """A device that keeps redundancy over its data (redundancy/, a stacked parity device)."""
 
+    lower_offset: int  # its byte x is byte lower_offset + x of the device it is stacked on
+
     def redundancy(self) -> dict:
         """{"mode": "parity", "group": pages per group, "space_overhead": fraction}."""
         ...

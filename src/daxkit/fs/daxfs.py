@@ -30,7 +30,7 @@ import zlib
 from bisect import bisect_right
 
 from .._copymc import copy_mc_bytes
-from ..device.interface import MF_MEM_PRE_REMOVE, DaxOperations, Mapping, RecoveredData
+from ..device.interface import MF_MEM_PRE_REMOVE, DaxOperations, Mapping, RecoveredData, Redundant
 from ..errors import (
     Busy,
     DaxError,
@@ -38,6 +38,7 @@ from ..errors import (
     InvalidArgument,
     MediaError,
     NoSpace,
+    NotSupported,
 )
 from ..fsdax.iomap import (
     dax_store_fn,
@@ -92,7 +93,23 @@ class DaxFS:
     """A mounted daxfs.  Use ``daxkit.mount(dev)``."""
 
     def __init__(self, dev: DaxOperations, *, readonly: bool = False):
+        self._lower = dev
+        try:  # a filesystem made with parity lives on the parity layer stacked on dev
+            dev = superblock.open_stack(dev, readonly=readonly)
+        except Busy:
+            why = "filesystem is already mounted read-write (device has a holder)"
+            raise Busy(why, path=dev.path) from None
+        try:
+            self._mount(dev, readonly)
+        except BaseException:
+            superblock.close_stack(dev, self._lower)
+            raise
+
+    def _mount(self, dev: DaxOperations, readonly: bool) -> None:
         self.dev = dev
+        # What users see are offsets of the device they opened: a parity layer's data starts
+        # further into it (bmap, scan, parity_group and repair reports add this).
+        self._lower_off = dev.lower_offset if isinstance(dev, Redundant) else 0
         self.readonly = readonly
         self._lock = threading.RLock()
         self._shutdown: str | None = None
@@ -200,6 +217,7 @@ class DaxFS:
                     self.dev.holder = None
                 except DaxError:
                     pass
+            superblock.close_stack(self.dev, self._lower)
 
     def add_failure_listener(self, callback) -> None:
         """``callback(ino, path, file_offset, length)`` when file data is lost."""
@@ -888,18 +906,69 @@ class DaxFS:
             out.append({"offset": s, "length": e - s, "owner": "free"})
         return sorted(out, key=lambda o: o["offset"])
 
+    # -- redundancy and repair (SPEC 4.2) ---------------------------------------------------------
+    @property
+    def redundancy(self) -> dict:
+        """{"mode": "parity" | "none", "group": pages per parity group, "space_overhead": fraction}."""
+        if isinstance(self.dev, Redundant):
+            return dict(self.dev.redundancy())
+        return {"mode": "none", "group": 0, "space_overhead": 0.0}
+
+    def parity_group(self, offset: int) -> dict:
+        """{"data": [device offsets], "parity": [device offsets]}: the group holding the page at
+        ``offset`` of the device the filesystem was mounted from (``bmap``'s sectors x 512)."""
+        with self._lock:
+            self._check()
+            if not isinstance(self.dev, Redundant):
+                raise NotSupported("the filesystem has no parity (made with redundancy='none')")
+            base = self._lower_off
+            group = self.dev.parity_group(offset - base)
+            return {"data": [base + d for d in group["data"]], "parity": list(group["parity"])}
+
+    def repair(self) -> RepairReport:
+        """Everything repairable is repaired: with parity, every data page's checksum is verified
+        and poisoned or mismatching pages are rebuilt; damaged metadata copies are rewritten.
+        What is left is lost: listed per file, and reads of exactly those ranges fail with EIO."""
+        with self._lock:
+            self._check(write=True)
+            repaired: ranges.Intervals = []
+            corrupt: ranges.Intervals = []
+            if isinstance(self.dev, Redundant):
+                rep = self.dev.repair(verify=True)
+                repaired = ranges.union([], [(s, s + n) for s, n in rep.repaired])
+                corrupt = ranges.union([], [(s, s + n) for s, n in rep.corrupt])
+            meta_end = self.geometry.data_start * P
+            meta_bad = self.dev.known_errors(0, meta_end)
+            if meta_bad:
+                self._rewrite_metadata()
+                repaired = ranges.union(repaired, [(s, s + n) for s, n in meta_bad])
+            lost = []
+            for off, n in self.dev.known_errors(meta_end, self.dev.size - meta_end):
+                for o in self._owners(off, n):
+                    if o["owner"] == "file":
+                        lost.append({"path": o["path"], "offset": o["file_offset"],
+                                     "length": o["file_length"]})  # fmt: skip
+            lost.sort(key=lambda d: (d["path"] or "", d["offset"]))
+            base = self._lower_off
+            return RepairReport(
+                [(base + s, e - s) for s, e in repaired], [(base + s, e - s) for s, e in corrupt], lost
+            )
+
     def scan(self) -> list[dict]:
         """Every known media error, mapped to its owner (file and file range, metadata, free)."""
         with self._lock:
             self._check()
-            return [o for off, n in self.dev.known_errors() for o in self._owners(off, n)]
+            out = [o for off, n in self.dev.known_errors() for o in self._owners(off, n)]
+            for o in out:
+                o["offset"] += self._lower_off
+            return out
 
     def bmap(self, path: str) -> list[dict]:
         with self._lock:
             self._check()
             node = self._resolve(path)
             return [
-                {"offset": fb * P, "length": cnt * P, "sector": db * P // SECTOR_SIZE}
+                {"offset": fb * P, "length": cnt * P, "sector": (self._lower_off + db * P) // SECTOR_SIZE}
                 for fb, db, cnt in node.ext
             ]
 
@@ -933,6 +1002,26 @@ class DaxFS:
                 for cb in list(self._listeners):
                     cb(o["ino"], o["path"], o["file_offset"], o["file_length"])
         return 0
+
+
+class RepairReport:
+    """What ``fs.repair()`` did: ``repaired`` and ``corrupt`` device ranges (offset, length)
+    rebuilt from redundancy after poison and after a checksum mismatch; ``lost`` file ranges
+    ({"path", "offset", "length"}) that could not be rebuilt."""
+
+    def __init__(self, repaired: list, corrupt: list, lost: list):
+        self.repaired, self.corrupt, self.lost = repaired, corrupt, lost
+
+    def __repr__(self) -> str:
+        counts = f"repaired={len(self.repaired)} corrupt={len(self.corrupt)} lost={len(self.lost)}"
+        return f"<RepairReport {counts}>"
+
+    def as_dict(self) -> dict:
+        return {
+            "repaired": [{"offset": o, "length": n} for o, n in self.repaired],
+            "corrupt": [{"offset": o, "length": n} for o, n in self.corrupt],
+            "lost": [dict(d) for d in self.lost],
+        }
 
 
 class DaxFile:

@@ -18,13 +18,17 @@ from bisect import bisect_right
 from ..device.interface import DaxOperations
 from ..units import PAGE_SIZE
 from .meta import Meta
-from .superblock import CorruptFilesystem, Loaded
+from .superblock import CorruptFilesystem, Loaded, close_stack, open_stack
 
 P = PAGE_SIZE
 
 
 def fsck(dev: DaxOperations, repair: bool = False) -> dict:
-    report = _check(dev)
+    stacked = open_stack(dev, readonly=True)  # a parity filesystem is checked on its parity layer
+    try:
+        report = _check(stacked)
+    finally:
+        close_stack(stacked, dev)
     if not repair:
         return report
     from .daxfs import DaxFS  # the mount is the repair; daxfs does not import fsck
@@ -33,7 +37,11 @@ def fsck(dev: DaxOperations, repair: bool = False) -> dict:
         DaxFS(dev).unmount()
     except CorruptFilesystem:
         return report  # every copy of something needed is lost: nothing to rewrite from
-    after = _check(dev)
+    stacked = open_stack(dev, readonly=True)
+    try:
+        after = _check(stacked)
+    finally:
+        close_stack(stacked, dev)
     after["repaired"] = [p for p in report["problems"] if p not in after["problems"]]
     return after
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from ..device.interface import DaxOperations
 from ..errors import DaxError, InvalidArgument, MediaError
 from ..fsdax.iomap import iomap_read, iomap_read_recover, iomap_write
+from ..redundancy import ParityDevice, format_parity, is_parity
 from ..units import PAGE_SIZE
 from . import layout
 from .layout import FormatError, Geometry, Superblock, VersionError
@@ -151,8 +152,52 @@ def scrub_metadata(dev: DaxOperations, g: Geometry) -> list[tuple[int, int]]:
     return bad
 
 
-def mkfs(dev: DaxOperations, *, force: bool = False) -> None:
-    """Format ``dev``.  An existing daxfs is refused unless ``force``; a mounted one always is."""
+REDUNDANCY = ("none", "parity")
+
+
+def open_stack(dev: DaxOperations, *, readonly: bool = False) -> DaxOperations:
+    """The device a filesystem on ``dev`` lives on: ``dev`` itself, or the parity layer stacked on
+    it when the filesystem was made with ``redundancy="parity"`` (its superblock says so)."""
+    pages = _sb_pages(dev)
+    for slot in (0, 1):
+        seen = Superblock.peek(pages[slot * P : (slot + 1) * P])
+        if seen is not None:
+            return ParityDevice(dev, readonly=readonly) if seen[0] == "parity" else dev
+    return ParityDevice(dev, readonly=readonly) if is_parity(dev) else dev
+
+
+def close_stack(dev: DaxOperations, lower: DaxOperations) -> None:
+    """Let go of a stacked device made by open_stack; ``lower`` stays open (the caller's)."""
+    if dev is not lower:
+        dev.close(close_lower=False)
+
+
+def mkfs(
+    dev: DaxOperations, *, force: bool = False, redundancy: str = "none", parity_group: int | None = None
+) -> None:
+    """Format ``dev``.  An existing daxfs is refused unless ``force``; a mounted one always is.
+    ``redundancy="parity"`` lays a parity layer over the device first (SPEC 4.2) and makes the
+    filesystem on it; ``parity_group`` is its group size in pages (chosen for ~1% when None)."""
+    if redundancy not in REDUNDANCY:
+        raise InvalidArgument(f"redundancy must be one of {', '.join(REDUNDANCY)}, not {redundancy!r}")
+    if parity_group is not None and redundancy != "parity":
+        raise InvalidArgument("parity_group is for redundancy='parity'")
+    if not force and (is_parity(dev) or any(r.sb or r.version for r in read_superblocks(dev))):
+        raise DaxError(
+            "device already holds a daxfs filesystem (use force)", errno=errno.EEXIST, path=dev.path
+        )
+    if redundancy == "none":
+        _mkfs(dev, force=True, redundancy="none")
+        return
+    format_parity(dev, parity_group)
+    stacked = ParityDevice(dev)
+    try:
+        _mkfs(stacked, force=True, redundancy="parity")
+    finally:
+        close_stack(stacked, dev)
+
+
+def _mkfs(dev: DaxOperations, *, force: bool, redundancy: str) -> None:
     g = Geometry.for_device(dev.size)
     if g.nblocks < g.data_start + layout.MIN_DATA_BLOCKS:
         raise InvalidArgument(
@@ -171,7 +216,8 @@ def mkfs(dev: DaxOperations, *, force: bool = False) -> None:
         meta_write(dev, 0, bytes(2 * P))
         meta_write(dev, g.log_start * P, bytes(g.log_blocks * P))
         write_checkpoint(dev, g, 0, raw)
-        write_superblock(dev, Superblock(1, 1, 0, len(raw), zlib.crc32(raw), g, layout.new_uuid()))
+        sb = Superblock(1, 1, 0, len(raw), zlib.crc32(raw), g, layout.new_uuid(), redundancy)
+        write_superblock(dev, sb)
     finally:
         dev.holder = None
 

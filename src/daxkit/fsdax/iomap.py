@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import errno
 
-from ..device.interface import RECOVERY_WRITE, DaxOperations
+from ..device.interface import RECOVERY_WRITE, DaxOperations, Redundant
 from ..errors import DaxError, HWPoisonError, MediaError
 from ..units import PAGE_SIZE, align_down
 
@@ -52,8 +52,13 @@ def iomap_read(dev: DaxOperations, dst: memoryview, segments: list[Segment]) -> 
         try:
             dev.direct_access(pgoff, npages)
         except HWPoisonError:
-            bad = dev.known_errors(dev_off, n)
-            return _short_read(done, bad[0][0] if bad else dev_off)
+            # A device with redundancy that could not repair in place (a read-only open) may
+            # still rebuild the bytes into our buffer; anything else is EIO, as in the kernel.
+            if not (isinstance(dev, Redundant) and dev.mc_read(dst[done : done + n], dev_off) == n):
+                bad = dev.known_errors(dev_off, n)
+                return _short_read(done, bad[0][0] if bad else dev_off)
+            done += n
+            continue
         got = dev.mc_read(dst[done : done + n], dev_off)
         done += got
         if got < n:

@@ -88,6 +88,7 @@ class ParityDevice(MappingsThrough):
         self._npages = geo.ndata
         self._base_pg = geo.data_start
         self._base = geo.data_start * P
+        self.lower_offset = self._base  # logical byte x is lower byte lower_offset + x
         self._par = Parity(lower, geo, readonly=readonly)
         self._lock = threading.RLock()
         self._held = 0
@@ -539,9 +540,9 @@ class ParityDevice(MappingsThrough):
                 self._par.repair_meta_page(pg)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self, close_lower: bool = True) -> None:
         """Close every mapping made through this device (each persists first), leave nothing
-        in flight, let go of the lower device and close it."""
+        in flight, let go of the lower device and (``close_lower``) close it."""
         if self._closed:
             return
         if not (self.readonly or self._dead):
@@ -560,7 +561,8 @@ class ParityDevice(MappingsThrough):
         self._closed = True
         for fin in self._finalizers.values():
             fin.detach()
-        self.lower.close()
+        if close_lower:
+            self.lower.close()
 
 
 def stack(lower: DaxOperations, *, readonly: bool = False) -> DaxOperations:
