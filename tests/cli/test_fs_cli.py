@@ -120,3 +120,13 @@ def test_filesystem_verbs_on_an_unformatted_image(tmp_path):
         assert r.returncode != 0 and b"no valid daxfs superblock" in r.stderr
     r = daxkit_cli("fsck", p)
     assert r.returncode == 4 and b"no valid daxfs superblock" in r.stdout
+
+
+def test_rm_r_root_empties_the_filesystem(image, tmp_path):
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"x" * 5000)
+    ok("mkdir", image, "/d")
+    ok("put", image, str(src), "/d/f")
+    ok("put", image, str(src), "/g")
+    ok("rm", image, "-r", "/")
+    assert ok("ls", image, "/").strip() == b""

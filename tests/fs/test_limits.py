@@ -162,3 +162,38 @@ def test_cli_rm_on_a_full_filesystem(tmp_path):
     with daxkit.open(image) as dev:
         assert daxkit.fsck(dev)["clean"]
     assert os.path.getsize(image) > 0
+
+
+def test_modes_are_mode_t(fs):
+    fs.mkdir("/d", 0o40755)  # bits past 07777 are ignored, as the kernel does
+    assert fs.stat("/d").st_mode & 0o7777 == 0o755
+    for bad in (-1, 2**40, 1.5, "755"):
+        with pytest.raises(OSError) as e:
+            fs.chmod("/d", bad)
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(OSError):
+            fs.mkdir("/e", bad)
+    assert fs.stat("/d").st_mode & 0o7777 == 0o755 and fs.listdir("/") == ["d"]
+
+
+def test_mmap_past_the_device_is_efbig_and_read_only_mounts_refuse_mmap(fs):
+    with fs.open("/f", "w+") as f:
+        f.write(b"x" * 4096)
+        for off, n in ((fs.dev.size, 4096), (2**64, 4096), (0, 2**64)):
+            with pytest.raises(OSError) as e:
+                f.mmap(off, n)
+            assert e.value.errno == errno.EFBIG
+    assert fs.statfs()["f_bfree"] == fs.statfs()["f_blocks"] - 1
+    with daxkit.mount(fs.dev, readonly=True) as ro, ro.open("/f") as f:
+        with pytest.raises(OSError) as e:
+            f.mmap()
+        assert e.value.errno == errno.EROFS
+
+
+def test_times_as_far_as_the_kernel_keeps_them(fs):
+    with fs.open("/f", "w"):
+        pass
+    far = 253402300799 * 10**9  # 9999-12-31T23:59:59
+    fs.utime("/f", (-(10**20), far))
+    st = fs.stat("/f")
+    assert (st.st_atime_ns, st.st_mtime_ns) == (-(10**20), far)

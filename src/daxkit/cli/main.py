@@ -281,7 +281,8 @@ def _remove(fs, path: str, recursive: bool) -> None:
         if recursive:
             for name in fs.listdir(path):
                 _remove(fs, f"{path.rstrip('/')}/{name}", True)
-        fs.rmdir(path)
+        if path.strip("/") not in ("", "."):  # rm -r / empties the root; the root itself stays
+            fs.rmdir(path)
     else:
         fs.unlink(path)
 

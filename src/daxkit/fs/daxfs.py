@@ -85,6 +85,13 @@ def _time_ns(t, now: int, unit: str) -> int:
     return ns
 
 
+def _mode(mode) -> int:
+    """A mode_t: what chmod(2) takes (bits past 07777 are ignored, as the kernel does)."""
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0xFFFFFFFF:
+        raise InvalidArgument(f"mode must be an int from 0 to 0o37777777777, not {mode!r}")
+    return mode
+
+
 def _fs_error(code: int, message: str) -> DaxError:
     return DaxError(message, errno=code)
 
@@ -121,19 +128,25 @@ class DaxFS:
         self._maps: dict[int, weakref.WeakSet] = {}
         self._meta_busy = 0  # inside a metadata write: poison news for metadata waits for its end
         self._meta_repair = False
-        self._install(superblock.Loaded(dev))
-        if not readonly:
-            try:
-                dev.holder = self
-            except Busy:
-                raise Busy(
-                    "filesystem is already mounted read-write (device has a holder)", path=dev.path
-                ) from None
-            try:
-                self._mount_repair()
-            except BaseException:
-                dev.holder = None
-                raise
+        self._loaded = False  # news before the metadata is in memory is read by _mount_repair
+        if readonly:
+            self._install(superblock.Loaded(dev))
+            self._loaded = True
+            return
+        # The claim comes first: a writer that loaded before another one committed and then
+        # claimed would append over that writer's records (two read-write mounts, lost work).
+        try:
+            dev.holder = self
+        except Busy:
+            why = "filesystem is already mounted read-write (device has a holder)"
+            raise Busy(why, path=dev.path) from None
+        try:
+            self._install(superblock.Loaded(dev))
+            self._loaded = True
+            self._mount_repair()
+        except BaseException:
+            dev.holder = None
+            raise
 
     def _mount_repair(self) -> None:
         """SPEC 4.2: every copy of the metadata whole before a read-write mount serves anything.
@@ -175,12 +188,11 @@ class DaxFS:
     def _stable(self, fn, ino: int):
         """Run a read of inode ``ino`` on a view that held for its whole length.  On a
         read-only mount a commit may land while we copy; the read stands if the inode is the
-        same afterwards (every change that frees or moves its blocks also moves its ctime, in
-        nanoseconds), else we go round again and meet the new state or ESTALE."""
+        same afterwards (same size, same extents: a change that frees or moves its blocks changes
+        them), else we go round again and meet the new state or ESTALE."""
         for _ in range(_FOLLOW_TRIES):
             self._check()
-            node = self.meta.inodes.get(ino)
-            before = None if node is None else node.to_json()
+            before = self._placement(ino)
             try:
                 result = fn()
             except DaxError:
@@ -190,10 +202,14 @@ class DaxFS:
             if not self.readonly or not self._moved():
                 return result
             self._follow()
-            node = self.meta.inodes.get(ino)
-            if before is not None and node is not None and node.to_json() == before:
+            if before is not None and self._placement(ino) == before:
                 return result
         raise _fs_error(errno.EAGAIN, "the writer kept changing the file while it was read; try again")
+
+    def _placement(self, ino: int):
+        """Where an inode's bytes are: its size and extents (times do not move blocks)."""
+        node = self.meta.inodes.get(ino)
+        return None if node is None else (node.size, [tuple(e) for e in node.ext])
 
     # -- lifecycle --------------------------------------------------------------------------------
     def __enter__(self) -> DaxFS:
@@ -439,6 +455,7 @@ class DaxFS:
             return [(name, self._stat(self.meta.inodes[ino])) for name, ino in sorted(node.ents.items())]
 
     def mkdir(self, path: str, mode: int = 0o755) -> None:
+        mode = _mode(mode) & 0o7777
         with self._lock:
             self._check(write=True)
             parent, name = self._parent(path)
@@ -559,6 +576,7 @@ class DaxFS:
             self._commit([["i", node.ino, node.to_json()]], use_reserve=True)
 
     def chmod(self, path: str, mode: int) -> None:
+        mode = _mode(mode)
         self._update(path, lambda node: setattr(node, "mode", mode & 0o7777))
 
     def utime(self, path: str, times=None) -> None:
@@ -863,6 +881,9 @@ class DaxFS:
         if length <= 0:
             raise InvalidArgument("mmap of an empty range")
         length = (length + P - 1) // P * P
+        self._check_size(offset + length, "mmap")
+        if self.readonly:  # raw loads cannot follow a writer that frees and reuses the blocks
+            raise _fs_error(errno.EROFS, "mmap needs a read-write mount (a read-only one follows a writer)")
         holes = node.holes(offset // P, (offset + length) // P)
         if holes:
             if self.readonly:
@@ -976,6 +997,8 @@ class DaxFS:
     def notify_failure(self, offset: int, length: int, flags: int) -> int:
         """The device tells us [offset, offset+length) failed (xfs_dax_notify_failure)."""
         with self._lock:
+            if not self._loaded and not flags & MF_MEM_PRE_REMOVE:
+                return 0  # the mount is still reading: what it reads, it sees
             return self._notify_failure(offset, length, flags)
 
     def _notify_failure(self, offset: int, length: int, flags: int) -> int:

@@ -43,7 +43,8 @@ def check_name(name: str) -> str | None:
 
 
 MAX_FILE_SIZE = (1 << 63) - 1  # loff_t: no size on the device may exceed it
-TIME_NS_MIN, TIME_NS_MAX = -(1 << 63), (1 << 63) - 1  # what a signed 64-bit nanosecond count holds
+# a time64_t of seconds (what the kernel keeps) with its nanoseconds
+TIME_NS_MIN, TIME_NS_MAX = -(1 << 63) * 10**9, ((1 << 63) - 1) * 10**9 + 999_999_999
 
 
 def _int(v, what: str, lo: int = 0, hi: int | None = None) -> int:
