@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from ..device.interface import DaxOperations
 from ..errors import DaxError, InvalidArgument, MediaError
 from ..fsdax.iomap import iomap_read, iomap_read_recover, iomap_write
-from ..redundancy import ParityDevice, format_parity, is_parity
 from ..units import PAGE_SIZE
 from . import layout
 from .layout import FormatError, Geometry, Superblock, VersionError
@@ -159,11 +158,14 @@ def open_stack(dev: DaxOperations, *, readonly: bool = False) -> DaxOperations:
     """The device a filesystem on ``dev`` lives on: ``dev`` itself, or the parity layer stacked on
     it when the filesystem was made with ``redundancy="parity"`` (its superblock says so)."""
     pages = _sb_pages(dev)
-    for slot in (0, 1):
-        seen = Superblock.peek(pages[slot * P : (slot + 1) * P])
-        if seen is not None:
-            return ParityDevice(dev, readonly=readonly) if seen[0] == "parity" else dev
-    return ParityDevice(dev, readonly=readonly) if is_parity(dev) else dev
+    modes = {seen[0] for slot in (0, 1) if (seen := Superblock.peek(pages[slot * P : (slot + 1) * P]))}
+    if modes == {"none"}:
+        return dev
+    from ..redundancy import ParityDevice, is_parity  # numpy: only for filesystems that use it
+
+    if "parity" in modes or is_parity(dev):
+        return ParityDevice(dev, readonly=readonly)  # a parity filesystem without its layer: refused
+    return dev
 
 
 def close_stack(dev: DaxOperations, lower: DaxOperations) -> None:
@@ -182,6 +184,7 @@ def mkfs(
         raise InvalidArgument(f"redundancy must be one of {', '.join(REDUNDANCY)}, not {redundancy!r}")
     if parity_group is not None and redundancy != "parity":
         raise InvalidArgument("parity_group is for redundancy='parity'")
+    from ..redundancy import ParityDevice, format_parity, is_parity
     if not force and (is_parity(dev) or any(r.sb or r.version for r in read_superblocks(dev))):
         raise DaxError(
             "device already holds a daxfs filesystem (use force)", errno=errno.EEXIST, path=dev.path
