@@ -1,4 +1,4 @@
-"""Costs of the parity layer, printed beside their peers (run: python -m tests.redundancy.bench_parity).
+"""Costs of the parity layer, printed beside their peers (run: python benchmarks/bench_parity.py [rounds]).
 
 Not a test (nothing is asserted): the same operations over the same random offsets on a plain
 device and on a parity device of the same size, interleaved over rounds, best round kept.
