@@ -2,8 +2,6 @@
 
 import os
 
-import pytest
-
 from .test_model import ParityModel
 
 P = 4096
@@ -33,12 +31,6 @@ def test_latent_left_by_quick_repair_then_flip_in_same_group():
         state.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daxkit.device: a software badblocks entry (the layer's lose()) merged with an adjacent "
-    "sector that a bad range explains is dropped from known_errors / the safe-read bad set "
-    "(DaxDevice._apply keeps a table entry as 'soft' only if no bad range overlaps it at all)",
-)
 def test_double_fault_beyond_the_guarantee_is_reported_exactly():
     """Beyond the guarantee (latent poison in page 65 plus a flip in page 64, one group): what
     cannot be rebuilt is lost and said exactly -- page 65's bad line and the whole of page 64

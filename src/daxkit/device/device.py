@@ -274,9 +274,12 @@ class DaxDevice:
         self._bb_starts = [s for s, _ in self._bb_bytes]  # int arrays: the fast-path lookup
         self._bb_ends = [e for _, e in self._bb_bytes]
         self._known = ranges.union(self._bb_bytes, state.bad_ranges)
-        # What to tell owners: the line-precise bad range list, plus table entries that no bad
-        # range explains (software entries written to the table).
-        soft = [iv for iv in self._bb_bytes if _first_overlap(state.bad_ranges, *iv) is None]
+        # What to tell owners: the line-precise bad range list, plus the table's sectors that no
+        # bad range explains (software entries written to the table).  Sector by sector: the
+        # table merges neighbours, so a software entry can share an entry with a precise one.
+        sectors = ranges.scale(state.bad_ranges, SECTOR_SIZE)
+        explained = [(s * SECTOR_SIZE, e * SECTOR_SIZE) for s, e in sectors]
+        soft = ranges.subtract(self._bb_bytes, explained)
         self._precise = ranges.union(state.bad_ranges, soft)
         self._bad = ranges.union(state.poison, self._precise)
         self._prot_pages = ranges.scale(ranges.union(state.poison, self._known), PAGE_SIZE)
