@@ -17,7 +17,7 @@ import time
 import daxkit
 from daxkit.medium.image import DATA_OFFSET
 
-KILLS = int(os.environ.get("DAXKIT_CRASH_KILLS", "25"))
+KILLS = int(os.environ.get("DAXKIT_CRASH_KILLS", "15"))
 WORKER = os.path.join(os.path.dirname(__file__), "crash_worker.py")
 
 

@@ -51,7 +51,7 @@ def test_readers_beside_a_churning_writer_never_see_false_damage(tmp_path):
     image = str(tmp_path / "small.img")
     with daxkit.create(image, 2 * MiB) as dev:
         daxkit.mkfs(dev)
-    seconds = 4
+    seconds = 3
     writer = subprocess.Popen(
         [sys.executable, "-c", CHURN, image, str(seconds)], stdout=subprocess.PIPE, text=True
     )
@@ -86,10 +86,10 @@ def test_cli_readers_beside_a_churning_writer(tmp_path):
     image = str(tmp_path / "small.img")
     with daxkit.create(image, 2 * MiB) as dev:
         daxkit.mkfs(dev)
-    writer = _churn(image, 3)
+    writer = _churn(image, 2)
     try:
         assert writer.stdout.readline().strip() == "ready"
-        for _ in range(6):
+        for _ in range(4):
             for args in (["fsck", image], ["ls", image, "/", "-l"], ["get", image, "/stable", "-"]):
                 r = subprocess.run(
                     [sys.executable, "-m", "daxkit.cli.main", *args], capture_output=True, timeout=60
