@@ -28,9 +28,18 @@ Theory of operation
   * OFD byte-range locks (which do not interact with flock) mark who is there: byte 1 the
     holder, byte 2 every open that is scrubbing now.  The kernel drops them when the open file
     goes, so a killed process never leaves a claim or a "scrub running" behind.
+  * Every write of the header, the state or the medium is whole: pwrite is repeated on a
+    short count; one that makes no progress, or fails (ENOSPC, EDQUOT, EFBIG...), raises before
+    the generation word is published, so the state that stands stays and nothing changes (a
+    payload begun past END is cut off again).  A short count taken as success once published
+    a slot cut in half: the image was refused from then on.
   * Creating: the image is built under an unpredictable name in the target's directory
     (O_EXCL|O_NOFOLLOW, mode 0600: it holds whole filesystems whose permissions the file cannot
-    enforce), synced, and renamed in; any failure, Ctrl-C included, removes it.
+    enforce), allocated whole (posix_fallocate; zeroes written where the file system has no
+    fallocate), synced, and renamed in; any failure, Ctrl-C included, removes it.  Allocating
+    up front is what keeps a later store into the data area from dying with SIGBUS when the
+    file system holding a sparse image fills up; a file system without the room refuses the
+    create instead, naming the size.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ import zlib
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
 
-from ..errors import DaxError, ImageError, ImageNotFound, InvalidArgument
+from ..errors import DaxError, ImageError, ImageNotFound, InvalidArgument, NoSpace
 from ..units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE, align_up
 from .state import ErrorState
 
@@ -89,6 +98,49 @@ def _image_error(e: OSError, doing: str, path: str) -> ImageError:
     return cls(f"cannot {doing}: {e.strerror}", errno=e.errno, path=path)
 
 
+class ImageNoSpace(ImageError, NoSpace):
+    """The file system holding the image has no room (ENOSPC, or EDQUOT): an ImageError that
+    ``except daxkit.NoSpace`` catches too."""
+
+    default_errno = _errno.ENOSPC
+
+
+_NO_SPACE = (_errno.ENOSPC, _errno.EDQUOT)
+
+
+def _space_error(e: OSError, message: str, path) -> ImageError:
+    cls = ImageNoSpace if e.errno in _NO_SPACE else ImageError
+    return cls(f"{message}: {e.strerror}", errno=e.errno, path=path)
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    """pwrite all of ``data`` at ``offset``: a short count is written on; a write that makes
+    no progress is ENOSPC (the file system took nothing and said nothing)."""
+    view = memoryview(data).cast("B")
+    n, done = view.nbytes, 0
+    while done < n:
+        got = os.pwrite(fd, view[done:], offset + done)
+        if got <= 0:
+            raise OSError(_errno.ENOSPC, f"{os.strerror(_errno.ENOSPC)} (a write made no progress)")
+        done += got
+
+
+_ZEROES = bytes(1 << 20)
+
+
+def _allocate(fd: int, length: int) -> None:
+    """Give the file ``length`` bytes of real storage.  Where the file system has no fallocate,
+    writing zeroes does it (what glibc's own fallback does, a page at a time)."""
+    try:
+        os.posix_fallocate(fd, 0, length)
+        return
+    except OSError as e:
+        if e.errno not in (_errno.EOPNOTSUPP, _errno.ENOTSUP, _errno.ENOSYS, _errno.EINVAL):
+            raise
+    for at in range(0, length, len(_ZEROES)):
+        _pwrite_all(fd, memoryview(_ZEROES)[: min(len(_ZEROES), length - at)], at)
+
+
 MAX_DATA_SIZE = 1 << 50  # 1 PiB: far past any device, and what an image file's offsets can carry
 MAX_CLEAR_ERR_UNIT = 1 << 20  # ACPI reports units of a cache line to a page; 1 MiB is generous
 
@@ -121,13 +173,19 @@ def create_image(
         fd, tmp = tempfile.mkstemp(prefix=f".{tail[:64]}.", suffix=".tmp", dir=head or ".")
     except OSError as e:
         raise _image_error(e, "create", path) from None
+    total = DATA_OFFSET + size
     try:
         os.fchmod(fd, 0o600)
-        os.pwrite(fd, _info_bytes(size, clear_err_unit), 0)
-        os.pwrite(fd, struct.pack("<Q", 1), LIVE_OFFSET)
+        try:
+            _allocate(fd, total)
+        except OSError as e:
+            raise _space_error(
+                e, f"cannot allocate the image: {total} bytes for a device of {size} bytes", path
+            ) from None
+        _pwrite_all(fd, _info_bytes(size, clear_err_unit), 0)
+        _pwrite_all(fd, struct.pack("<Q", 1), LIVE_OFFSET)
         payload = ErrorState().encode()
-        os.pwrite(fd, _slot_header(1, SLOT_OFFSET + _SLOT.size, payload) + payload, SLOT_OFFSET)
-        os.ftruncate(fd, DATA_OFFSET + size)
+        _pwrite_all(fd, _slot_header(1, SLOT_OFFSET + _SLOT.size, payload) + payload, SLOT_OFFSET)
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -138,6 +196,8 @@ def create_image(
         with suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError) and not isinstance(e, DaxError):
+            if e.errno in _NO_SPACE + (_errno.EFBIG,):
+                raise _space_error(e, f"cannot write the image ({total} bytes)", path) from None
             raise _image_error(e, "write", path) from None
         raise
     with suppress(OSError):  # make the rename itself durable
@@ -292,19 +352,18 @@ class Image:
 
     def _write_slot(self, i: int, seq: int, payload: bytes, keep: tuple[int, int]) -> int:
         """Write ``payload`` as slot i's state ``seq`` without touching ``keep`` (the payload
-        of the state that stands).  Returns where the payload ends."""
+        of the state that stands).  Returns where the payload ends.  Payload first, header
+        last, each written whole (or OSError): the caller publishes only after this returns."""
         at = SLOT_OFFSET + i * SLOT_SIZE
         n = len(payload)
         if n <= INLINE_MAX:
-            os.pwrite(self.fd, _slot_header(seq, at + _SLOT.size, payload) + payload, at)
-            return at + _SLOT.size + n
-        where = self.data_end
-        if keep[0] < where + n and keep[0] + keep[1] > where:
-            where = align_up(keep[0] + keep[1], PAGE_SIZE)
-        view, done = memoryview(payload), 0
-        while done < n:  # a write this large may be cut short
-            done += os.pwrite(self.fd, view[done:], where + done)
-        os.pwrite(self.fd, _slot_header(seq, where, payload), at)
+            where = at + _SLOT.size
+        else:
+            where = self.data_end
+            if keep[0] < where + n and keep[0] + keep[1] > where:
+                where = align_up(keep[0] + keep[1], PAGE_SIZE)
+        _pwrite_all(self.fd, payload, where)
+        _pwrite_all(self.fd, _slot_header(seq, where, payload), at)
         return where + n
 
     @contextmanager
@@ -336,8 +395,14 @@ class Image:
             try:
                 end = self._write_slot(1 - slot, seq, payload, keep)
             except OSError as e:
-                msg = f"cannot store the error state, nothing changed: {e.strerror}"
-                raise ImageError(msg, errno=e.errno, path=self.path) from None
+                # Not published: the old state stands.  A payload begun past the data area
+                # is given back (nothing else lives there).
+                with suppress(OSError):
+                    needed = max(self.data_end, keep[0] + keep[1])
+                    if os.fstat(self.fd).st_size > needed:
+                        os.ftruncate(self.fd, needed)
+                msg = f"cannot store the error state ({len(payload)} bytes), nothing changed"
+                raise _space_error(e, msg, self.path) from None
             self.words[LIVE_GEN] = seq
             self._decoded = (payload, new)
             # Space past the data area that neither state uses any more goes back.
@@ -399,7 +464,10 @@ class Image:
         return os.preadv(self.fd, [buf], self.data_offset + offset)
 
     def medium_write(self, data, offset: int) -> int:
-        return os.pwrite(self.fd, data, self.data_offset + offset)
+        """Store bytes in the cells (under any poison); all of them, or OSError."""
+        n = memoryview(data).nbytes
+        _pwrite_all(self.fd, data, self.data_offset + offset)
+        return n
 
     def close(self) -> None:
         if self.fd < 0:
