@@ -66,13 +66,23 @@ def test_half_a_million_ranges_cost_well_under_a_second_each():
         assert time.perf_counter() - t < 1.0
 
 
-def _sequential_set(table, runs):
+def _set_what_fits(table, s, e, ack=True):
+    """The kernel's badblocks_set on a table that may be full: as much of [s, e) from its start
+    as the table takes (the most that fits), and whether anything was left out.  Built only
+    from the all-or-nothing ``set``."""
+    for end in range(e, s, -1):
+        try:
+            return table.set(s, end - s, ack), end < e
+        except NoSpace:
+            pass
+    return table, True
+
+
+def _sequential_set(table, runs, ack=True):
     overflow = False
     for s, e in runs:
-        try:
-            table = table.set(s, e - s, True)
-        except NoSpace:
-            overflow = True
+        table, left_out = _set_what_fits(table, s, e, ack)
+        overflow |= left_out
     return table, overflow
 
 
@@ -90,6 +100,48 @@ def test_set_runs_is_a_scrub_setting_runs_one_by_one():
             assert (got, overflow) == (want, model_overflow)
         cases[model_overflow] += 1
     assert all(cases.values())  # both ways were tried
+
+
+def test_set_runs_on_a_nearly_full_table_sets_what_fits_of_each_run():
+    """Long entries near BB_MAX_LEN, a table one or two entries short of full, runs that extend,
+    bridge, overlap or miss them: every run gets the most of it, from its start, that fits."""
+    rng = random.Random(5)
+    partial = 0
+    for _ in range(40):
+        n = rng.choice([MAX_BADBLOCKS - 2, MAX_BADBLOCKS - 1, MAX_BADBLOCKS])
+        segs = []
+        for i in range(n):
+            start = i * 600 + rng.randint(0, 40)
+            segs.append((start, start + rng.randint(450, 512), rng.random() < 0.7))
+        table = Badblocks(segs)
+        assert table.count == n
+        runs = _model_add(_random_list(rng, rng.randint(1, 30), span=n * 600, width=rng.choice([3, 40, 120])))
+        got, overflow = table.set_runs(runs)
+        want, model_overflow = _sequential_set(table, runs)
+        assert got.count <= MAX_BADBLOCKS
+        if not model_overflow or overflow:
+            assert (got, overflow) == (want, model_overflow)
+        partial += model_overflow and want != table
+    assert partial  # tables that took part of what was asked were seen
+
+
+def test_a_run_needing_more_than_512_entries_fills_the_table():
+    """The review's 262145-block injection: the table is filled, in address order, not left
+    empty; the rest is reported as overflow."""
+    table, overflow = Badblocks().set_runs([(0, 512 * MAX_BADBLOCKS + 1)])
+    assert overflow and table.count == MAX_BADBLOCKS and table.ranges() == [(0, 512 * MAX_BADBLOCKS)]
+    table, overflow = Badblocks().set_runs([(0, 512 * MAX_BADBLOCKS)])
+    assert not overflow and table.count == MAX_BADBLOCKS
+    # every other sector: the first 512 of them
+    table, overflow = Badblocks().set_runs([(s, s + 1) for s in range(0, 4096, 2)])
+    assert overflow and table.ranges() == [(s, s + 1) for s in range(0, 1024, 2)]
+    # a full table still takes what merges into its entries, from later runs too
+    table, overflow = table.set_runs([(1023, 1025), (5000, 5001)])
+    assert overflow and table.ranges()[-2:] == [(1020, 1021), (1022, 1025)]
+    assert table.count == MAX_BADBLOCKS
+    # a run that bridges entries of a full table frees room
+    table, overflow = table.set_runs([(1019, 1022)])
+    assert not overflow and table.ranges()[-1] == (1018, 1025) and table.count == MAX_BADBLOCKS - 2
 
 
 def test_clear_runs_is_clearing_runs_one_by_one():

@@ -107,7 +107,9 @@ def _forget_known(st: ErrorState, ivs: ranges.Intervals) -> ErrorState:
 
 def _make_known(st: ErrorState, ivs: ranges.Intervals) -> tuple[ErrorState, bool]:
     """Add byte ranges to the bad range list and their covering sectors (acknowledged) to the
-    table.  Returns the state and whether the table overflowed (the kernel logs and goes on)."""
+    table.  Returns the state and whether the table overflowed: a full table takes what it can,
+    in address order (the kernel's badblocks_set), the kernel logs and goes on, and the bad
+    range list, which has no ceiling, still knows every range."""
     bb, overflow = st.badblocks.set_runs(ranges.scale(ivs, SECTOR_SIZE), True)
     return st.with_(bad_ranges=ranges.union(st.bad_ranges, ivs), badblocks=bb), overflow
 
@@ -744,12 +746,18 @@ class DaxDevice:
         return pid, w[LIVE_SCRUB_DONE], w[LIVE_SCRUB_TOTAL]
 
     def clear_errors(self) -> list[tuple[int, int]]:
-        """Like ``ndctl clear-errors``: every known error is cleared on the medium (in whole
-        clear_err_unit units) and zeroed; its data is lost.  Returns the cleared ranges.
-        The kernel's order holds for all of them together: clear, write, then forget -- two
-        commits however many ranges there are."""
+        """Like ``ndctl clear-errors``: every known error is cleared on the medium and zeroed;
+        its data is lost.  Returns the cleared ranges.  The kernel's order holds for all of them
+        together: clear, write, then forget -- two commits however many ranges there are.
+
+        "Known" is both lists: the badblocks table and the bad range list, which has no ceiling
+        and so also holds what a full table could not take.  What is cleared is every sector a
+        known error touches (the covering sectors, as the table has them when it has room),
+        grown to whole clear_err_unit units -- so the result is the same whether or not the
+        table overflowed: nothing known is left, and the injection records of those sectors go
+        with their poison (SPEC 1).  Latent poison, known to nobody, stays."""
         self._sync()
-        unit = self.clear_err_unit
+        unit = max(self.clear_err_unit, SECTOR_SIZE)
         cleared = [(s * unit, min(e * unit, self.size)) for s, e in ranges.scale(self._known, unit)]
         if cleared:
             self._commit(lambda st: _clear_medium(st, cleared))

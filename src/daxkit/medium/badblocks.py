@@ -4,8 +4,12 @@ Rules
   * Units are 512-byte sectors.  An entry is (sector, count, acknowledged).
   * Entries are sorted and merged: touching or overlapping runs become one entry; a run longer
     than BB_MAX_LEN (512) sectors is split into 512-sector entries from its start.
-  * At most MAX_BADBLOCKS (512) entries.  A set that would need more fails whole with ENOSPC; a
-    clear that must split an entry on a full table fails with ENOSPC.  Nothing changes on failure.
+  * At most MAX_BADBLOCKS (512) entries.  ``set`` (one range: what writing the sysfs file does)
+    that would need more fails whole with ENOSPC and changes nothing.  ``set_runs`` (what a scrub
+    or an injection with notify does) is the kernel's badblocks_set run after run: each run gets
+    as much of itself, from its start, as the table can take, and what is left out is reported
+    (overflow) -- a full table is filled in address order, never left empty.  A clear that must
+    split an entry on a full table fails with ENOSPC and changes nothing.
   * Acknowledged: setting a range overwrites the flag of the sectors it covers; an entry is
     acknowledged when every sector in it is (the kernel ANDs flags when it merges).
   * Text form (the sysfs file): one "<sector> <count>\\n" line per entry.  Writing "S C" adds an
@@ -23,6 +27,7 @@ Theory of operation
 from __future__ import annotations
 
 import errno as _errno
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -94,6 +99,41 @@ def _overwrite(segs: list[Segment], runs: ranges.Intervals, ack: bool | None) ->
     if ack is not None:
         out += [(s, e, ack) for s, e in runs]
     return out
+
+
+def _entries_for(length: int) -> int:
+    """Entries a maximal run of ``length`` sectors takes."""
+    return -(-length // BB_MAX_LEN)
+
+
+def _most_that_fits(starts: list[int], ends: list[int], count: int, s: int, e: int) -> tuple[int, int, int]:
+    """How much of the run [s, e) a table can take from its start: the largest p in [s, e] such
+    that the table's maximal runs (``starts``/``ends``: sorted, disjoint, never touching; they
+    take ``count`` entries) with [s, p) added need at most MAX_BADBLOCKS entries.  Returns
+    (p, i, j): [s, p) merges with runs i..j-1.
+
+    While [s, p) merges with the same runs the entry count only grows with p, so each stretch
+    of p between two runs' starts is solved in closed form; reaching one more run can lower the
+    count (two runs bridged), so every stretch is looked at and the last feasible p wins."""
+    i = bisect_left(ends, s)  # the first run that [s, p) can touch
+    top = bisect_right(starts, e)  # runs i..top-1 start at or before e: [s, e) reaches them
+    best = (s, i, i)
+    freed = 0  # entries of runs i..j-1, which the merged run replaces
+    for j in range(i, top + 1):
+        if j > i:
+            freed += _entries_for(ends[j - 1] - starts[j - 1])
+        lo = s + 1 if j == i else max(s + 1, starts[j - 1])
+        hi = e if j == top else min(e, starts[j] - 1)
+        room = MAX_BADBLOCKS - (count - freed)  # entries the merged run may take
+        if lo > hi or room <= 0:
+            continue
+        left = s if j == i else min(s, starts[i])
+        limit = left + room * BB_MAX_LEN  # where the merged run may end at most
+        if j > i and ends[j - 1] > limit:
+            continue
+        if min(hi, limit) >= lo:
+            best = (min(hi, limit), i, j)
+    return best
 
 
 def parse_entry(text: str) -> tuple[int, int]:
@@ -190,26 +230,34 @@ class Badblocks:
         return new
 
     def set_runs(self, runs: ranges.Intervals, acknowledged: bool = True) -> tuple[Badblocks, bool]:
-        """``set`` of every [start, end) sector run (sorted, disjoint), as a scrub does: a run
-        that does not fit is left out (the kernel logs and goes on).  Returns the table and
-        whether anything was left out.  One pass when all fits; otherwise run by run, where a
-        run touching no entry of a full table is refused at once (it could only add one)."""
+        """``set`` of every [start, end) sector run (sorted, disjoint), as a scrub does, with the
+        kernel's rule for a table that fills: each run, in address order, gets as much of itself
+        from its start as the table can take (badblocks_set sets what fits and fails for the
+        rest).  Returns the table and whether anything was left out.  One pass when all fits;
+        otherwise the runs are fitted one by one against the table's maximal runs, in
+        O(log n) for a run that meets none of them."""
         if not runs:
             return self, False
-        new = Badblocks(_overwrite(self._segs, runs, bool(acknowledged)))
-        if new.count <= MAX_BADBLOCKS:
-            return new, False
-        table, near, overflow = self, self.ranges(), False
+        ack = bool(acknowledged)
+        merged = self.ranges()
+        if sum(_entries_for(e - s) for s, e in ranges.union(merged, runs)) <= MAX_BADBLOCKS:
+            return Badblocks(_overwrite(self._segs, runs, ack)), False
+        starts, ends = [s for s, _ in merged], [e for _, e in merged]
+        count, taken, overflow = self.count, [], False
         for s, e in runs:
-            if table.count >= MAX_BADBLOCKS and ranges.first_overlap(near, s - 1, e + 1) is None:
-                overflow = True
+            if e <= s:
                 continue
-            try:
-                table = table.set(s, e - s, acknowledged)
-            except NoSpace:
-                overflow = True
-            near = table.ranges()
-        return table, overflow
+            p, i, j = _most_that_fits(starts, ends, count, s, e)
+            overflow |= p < e
+            if p == s:
+                continue
+            taken.append((s, p))
+            left, right = (min(s, starts[i]), max(p, ends[j - 1])) if j > i else (s, p)
+            count += _entries_for(right - left) - sum(
+                _entries_for(b - a) for a, b in zip(starts[i:j], ends[i:j])
+            )
+            starts[i:j], ends[i:j] = [left], [right]
+        return Badblocks(_overwrite(self._segs, taken, ack)), overflow
 
     def clear(self, sector: int, count: int) -> Badblocks:
         if sector < 0 or count < 0:
