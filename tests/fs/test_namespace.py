@@ -158,3 +158,22 @@ def test_allocation_wraps_around_and_never_hands_out_a_block_twice(fs):
         fs._alloc(1, 0)
     fs._unalloc(got + rest)
     assert fs.statfs()["f_bfree"] == total
+
+
+def test_bytes_past_eof_never_come_back_when_the_file_grows(fs):
+    """Found by the filesystem model: a store past EOF through a mapping (or a write killed
+    before its size was saved) reappeared as data when the file was extended."""
+    for grow in ("truncate", "write", "fallocate"):
+        with fs.open(f"/{grow}", "w+") as f:
+            f.pwrite(b"x" * 536, 0)
+            m = f.mmap()
+            m.buf[536:600] = b"\xa2" * 64
+            m.persist()
+            m.close()
+            if grow == "truncate":
+                f.truncate(8192)
+            elif grow == "write":
+                f.pwrite(b"y", 8000)
+            else:
+                f.fallocate(0, 0, 8192)
+            assert f.pread(64, 536) == bytes(64), grow

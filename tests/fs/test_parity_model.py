@@ -37,10 +37,6 @@ GROUP = 16
 PATHS = ["/a", "/b", "/c", "/d"]
 MAXSIZE = 24 * P
 PUNCH = daxkit.FALLOC_FL_PUNCH_HOLE | daxkit.FALLOC_FL_KEEP_SIZE
-# daxfs shows stale bytes past EOF (left by a store through a mapping, or by a write killed before
-# its size was committed) when the file is extended; set False once fixed (see kill_writer).
-STALE_TAIL_WORKAROUND = True
-
 paths = st.sampled_from(PATHS)
 offsets = st.integers(0, MAXSIZE)
 lengths = st.integers(1, 3 * P + 100)
@@ -269,12 +265,6 @@ class ParityFSModel(RuleBasedStateMachine):
                 n = new[i] if i < len(new) else 0
                 assert b in (o, n), (op[0], i, b, o, n)
             self.model[path] = bytearray(got)
-            if STALE_TAIL_WORKAROUND and len(got) % P:
-                # Known bug (reported): bytes a killed op left past EOF in the last page are shown
-                # by a later extension instead of zeroes.  Zero that tail so the model goes on.
-                with self.fs.open(path, "r+") as f:
-                    f.pwrite(bytes(P - len(got) % P), len(got))
-                    f.truncate(len(got))
 
     @rule(delay=st.floats(0, 0.01))
     def kill_repair(self, delay):

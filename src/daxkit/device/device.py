@@ -53,7 +53,14 @@ from ..medium.image import LIVE_GEN, LIVE_SCRUB_DONE, LIVE_SCRUB_PID, LIVE_SCRUB
 from ..medium.region import Region
 from ..medium.state import ErrorState
 from ..units import LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, align_down, align_up
-from .interface import ACCESS, MF_ACTION_REQUIRED, MF_MEM_PRE_REMOVE, RECOVERY_WRITE, RecoveredData  # noqa: F401
+from .interface import (  # noqa: F401
+    ACCESS,
+    MF_ACTION_REQUIRED,
+    MF_MEM_PRE_REMOVE,
+    RECOVERY_WRITE,
+    RecoveredData,
+    check_range,
+)
 
 PRE_REMOVE = MF_MEM_PRE_REMOVE
 
@@ -334,12 +341,7 @@ class DaxDevice:
 
     # -- argument checks --------------------------------------------------------------------
     def _check_range(self, offset: int, length: int) -> None:
-        if length < 0:
-            raise InvalidArgument(f"negative length {length}")
-        if offset < 0 or offset + length > self.size:
-            raise InvalidArgument(
-                f"range offset={offset} length={length} is outside the device (size {self.size})"
-            )
+        check_range(offset, length, self.size)
 
     # -- direct access ------------------------------------------------------------------------
     def direct_access(self, pgoff: int, nr_pages: int, mode: int = ACCESS) -> tuple[int, memoryview]:

@@ -19,12 +19,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from ..errors import InvalidArgument
+
 ACCESS = 0  # enum dax_access_mode: DAX_ACCESS
 RECOVERY_WRITE = 1  # DAX_RECOVERY_WRITE
 MF_ACTION_REQUIRED = 1 << 1  # enum mf_flags (include/linux/mm.h)
 MF_MEM_PRE_REMOVE = 1 << 7
 
 Extent = tuple[int, int, int]  # (offset in the mapping, device offset, length)
+
+
+def check_range(offset: int, length: int, size: int) -> None:
+    """The argument rule every device shares (SPEC 2.4): EINVAL, with the numbers, for a negative
+    length or a range outside [0, size)."""
+    if length < 0:
+        raise InvalidArgument(f"negative length {length}")
+    if offset < 0 or offset + length > size:
+        raise InvalidArgument(f"range offset={offset} length={length} is outside the device (size {size})")
 
 
 @dataclass

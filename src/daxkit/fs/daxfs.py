@@ -734,6 +734,8 @@ class DaxFS:
         if n == 0:
             return 0
         self._check_size(off + n, "write")
+        if off + n > node.size:
+            self._zero_eof_tail(node)
         first, last = off // P, (off + n + P - 1) // P
         holes = node.holes(first, last)
         if not holes:  # the fast path: an overwrite in place, no metadata unless the size grows
@@ -814,19 +816,29 @@ class DaxFS:
             raise InvalidArgument(f"negative size {size}")
         self._check_size(size, "truncate")
         node = self._inode(ino)
+        if size > node.size:
+            self._zero_eof_tail(node)
         tmp = node.copy()
         freed = tmp.cut((size + P - 1) // P, 1 << 62) if size < node.size or node.ext else []
         if size % P and size < node.size:  # zero the tail of the last block: a later extension reads zeroes
-            tail = tmp.segments(size, P - size % P)
+            self._zero_eof_tail(tmp, size)
+        tmp.size = size
+        tmp.mtime = tmp.ctime = time.time_ns()
+        self._commit([["i", ino, tmp.to_json()]], use_reserve=size <= node.size)
+        self._release(ino, freed)
+
+    def _zero_eof_tail(self, node: Inode, size: int | None = None) -> None:
+        """Zero the bytes of the last page past the end of the file (``size``, else its size)
+        before the file grows over them, as XFS and ext4 do: a store through a mapping past EOF,
+        or a write killed before its size was saved, must never reappear as file data."""
+        size = node.size if size is None else size
+        if size % P:
+            tail = node.segments(size, P - size % P)
             if tail and tail[0][0] is not None:
                 try:
                     iomap_write(self.dev, memoryview(bytes(tail[0][1])), tail)
                 except MediaError:
                     pass  # a poisoned tail stays reported bad; it is never read as data
-        tmp.size = size
-        tmp.mtime = tmp.ctime = time.time_ns()
-        self._commit([["i", ino, tmp.to_json()]], use_reserve=size <= node.size)
-        self._release(ino, freed)
 
     def _fallocate(self, ino: int, mode: int, off: int, length: int) -> None:
         if off < 0 or length <= 0:
@@ -859,6 +871,7 @@ class DaxFS:
             self._write_allocating(node, zeros, off, holes)
             node = self._inode(ino)
         if not mode & FALLOC_FL_KEEP_SIZE and end > node.size:
+            self._zero_eof_tail(node)
             self._set_size(node, end)
 
     def _zero_partial(self, node: Inode, off: int, end: int) -> None:

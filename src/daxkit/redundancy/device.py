@@ -34,7 +34,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 
-from ..device.interface import ACCESS, MF_MEM_PRE_REMOVE, RECOVERY_WRITE, DaxOperations
+from ..device.interface import ACCESS, MF_MEM_PRE_REMOVE, RECOVERY_WRITE, DaxOperations, check_range
 from ..errors import Busy, DaxError, DeviceGone, HWPoisonError, InvalidArgument, MediaError, OutOfRange
 from ..medium import ranges
 from ..units import PAGE_SIZE
@@ -244,12 +244,7 @@ class ParityDevice(MappingsThrough):
 
     # -- argument checks ---------------------------------------------------------------------------
     def _check_range(self, offset: int, length: int) -> None:
-        if length < 0:
-            raise InvalidArgument(f"negative length {length}")
-        if offset < 0 or offset + length > self.size:
-            raise InvalidArgument(
-                f"range offset={offset} length={length} is outside the device (size {self.size})"
-            )
+        check_range(offset, length, self.size)
 
     # -- direct access ------------------------------------------------------------------------------
     def direct_access(self, pgoff: int, nr_pages: int, mode: int = ACCESS) -> tuple[int, memoryview]:
