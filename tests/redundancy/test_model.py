@@ -190,6 +190,8 @@ class ParityModel(RuleBasedStateMachine):
 
 ParityModel.TestCase.settings = settings(
     max_examples=int(os.environ.get("DAXKIT_PARITY_EXAMPLES", "100")),
+    # make test replays the same examples every run; setting the variable explores new ones
+    derandomize="DAXKIT_PARITY_EXAMPLES" not in os.environ,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

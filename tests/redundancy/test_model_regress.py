@@ -56,3 +56,21 @@ def test_double_fault_beyond_the_guarantee_is_reported_exactly():
         assert buf[65 * P + 64 : 66 * P] == s.want[65 * P + 64 : 66 * P]
     finally:
         s.teardown()
+
+
+def test_a_finished_update_is_not_in_flight_at_a_crash():
+    """A recovery write of page 182 finished; then page 182 was flipped behind the layer and
+    the process died.  The update-in-flight word was still standing, so the open took the page
+    for torn and recomputed parity from the flipped bytes: wrong bytes for good.  Now an update
+    clears the word when it is done, and the open's verify rebuilds the flipped page."""
+    state = ParityModel()
+    try:
+        state.recovery_write(k=1, page=182, zero=False)
+        state.flip(at=0, n=1, page=2412)  # 2412 % 223 == 182
+        state.crash()
+        state.nothing_lost()
+        state.repair(verify=True)
+        state.nothing_lost()
+        state.everything()
+    finally:
+        state.teardown()

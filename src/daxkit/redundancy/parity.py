@@ -16,7 +16,8 @@ Rules
     therefore keeps protecting its other pages once it has been recomputed.
   * No RAID-5 write hole.  Updates run one at a time (the lock), so one 8-byte "update in
     flight" word names the group and the pages whose data or CRCs the update may leave torn; it
-    is stored before the update's first write (one aligned 8-byte store: a kill cannot tear it).
+    is stored before the update's first write (one aligned 8-byte store: a kill cannot tear it)
+    and cleared when the update has stored everything.
     At open that group is recomputed, its named pages from their data, its other pages checked
     against their CRCs -- so a crash never blesses corruption elsewhere, as a recompute of every
     recently written group (md's lazily cleared bitmap) would.  A group covered by an open
@@ -222,6 +223,9 @@ class Parity:
             self._update_page(src, off // P)
         else:
             self._update_range(memoryview(src).cast("B"), off, n)
+        # Done: no longer in flight.  A word left standing would make a crash later take this
+        # finished page for a torn one, and bless silent corruption of it as its data.
+        self.settle()
 
     def _update_page(self, src, page: int) -> None:
         """The common case, one whole page: 3 safe loads, 2 XORs, 3 stores, 2 CRCs.  The old
