@@ -769,15 +769,18 @@ class DaxFS:
                 break
             done_ext.append([fb, db, c])
         self._unalloc([(db, c) for fb, db, c in new_ext if [fb, db, c] not in done_ext])
-        # Then the old blocks, in place, in file order; new ones already hold their bytes.
+        # Then the old blocks, in place, in file order; new ones already hold their bytes.  The
+        # walk is over the OLD mapping: a hole there is what new blocks filled (merged extents of
+        # the new mapping can run across old and new blocks alike).
         tmp = node.copy()
         tmp.set_extents(tmp.ext + done_ext)
+        new_pages = {fb + i for fb, _, c in done_ext for i in range(c)}
         written = 0
-        for dev_off, length in tmp.segments(off, n):
+        for dev_off, length in node.segments(off, n):
+            pos = off + written
             if dev_off is None:
-                break
-            fblk = (off + written) // P
-            if any(fb <= fblk < fb + c for fb, _, c in done_ext):
+                if not all(p in new_pages for p in range(pos // P, (pos + length - 1) // P + 1)):
+                    break  # a new block that could not be written: the write ends before it
                 got = length
             else:
                 piece = data[written : written + length]
