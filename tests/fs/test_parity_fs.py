@@ -165,3 +165,20 @@ def test_cli_mkfs_repair_df(tmp_path):
     assert r.returncode == 0 and '"group": 64' in r.stdout
     r = cli("repair", img)
     assert r.returncode == 0 and '"lost": []' in r.stdout
+
+
+@pytest.mark.parametrize("group", [0, 1, True, 2.5, "8", 2**40, -3])
+def test_a_refused_parity_group_leaves_the_old_filesystem_whole(pdev, group):
+    with daxkit.mount(pdev) as fs:
+        data = _file(fs, "/keep", 3)
+    with pytest.raises(ValueError):
+        daxkit.mkfs(pdev, force=True, redundancy="parity", parity_group=group)
+    with daxkit.mount(pdev, readonly=True) as ro, ro.open("/keep") as f:
+        assert f.read() == data
+
+
+def test_parity_group_names_the_callers_offset(pdev):
+    with daxkit.mount(pdev) as fs:
+        with pytest.raises(ValueError) as ei:
+            fs.parity_group(0)
+        assert "offset 0 " in str(ei.value)

@@ -959,6 +959,11 @@ class DaxFS:
             if not isinstance(self.dev, Redundant):
                 raise NotSupported("the filesystem has no parity (made with redundancy='none')")
             base = self._lower_off
+            if not base <= offset < base + self.dev.size:
+                raise InvalidArgument(
+                    f"offset {offset} is not in the filesystem's data (device bytes {base} to "
+                    f"{base + self.dev.size})"
+                )
             group = self.dev.parity_group(offset - base)
             return {"data": [base + d for d in group["data"]], "parity": list(group["parity"])}
 

@@ -185,6 +185,15 @@ def mkfs(
     if parity_group is not None and redundancy != "parity":
         raise InvalidArgument("parity_group is for redundancy='parity'")
     from ..redundancy import ParityDevice, format_parity, is_parity
+    from ..redundancy.layout import MAX_GROUP, MIN_GROUP
+
+    if parity_group is not None and (
+        isinstance(parity_group, bool) or not isinstance(parity_group, int)
+        or not MIN_GROUP <= parity_group <= MAX_GROUP
+    ):  # checked before anything is written: a refused mkfs leaves the old filesystem whole
+        raise InvalidArgument(
+            f"parity_group must be an int from {MIN_GROUP} to {MAX_GROUP} pages, not {parity_group!r}"
+        )  # fmt: skip
     if not force and (is_parity(dev) or any(r.sb or r.version for r in read_superblocks(dev))):
         raise DaxError(
             "device already holds a daxfs filesystem (use force)", errno=errno.EEXIST, path=dev.path
