@@ -12,7 +12,8 @@ NAMES = {
     "store", "read_recover_into", "map_extents", "known_errors", "first_bad", "holder", "state_word",
     "state_generation", "recovery_write_subpage",
 }  # fmt: skip
-OPTIONAL = {"redundancy", "parity_group", "repair", "lower_offset"}  # the Redundant protocol
+# the Redundant protocol
+OPTIONAL = {"redundancy", "parity_group", "repair", "lower_offset", "checksum_mismatches"}
 
 
 class OnlyTheInterface:

@@ -182,3 +182,18 @@ def test_parity_group_names_the_callers_offset(pdev):
         with pytest.raises(ValueError) as ei:
             fs.parity_group(0)
         assert "offset 0 " in str(ei.value)
+
+
+def test_fsck_reports_silent_corruption_and_repair_clears_it(pdev):
+    with daxkit.mount(pdev) as fs:
+        data = _file(fs, "/f", 30)
+        off = _pages(fs, "/f")[9]
+    assert daxkit.fsck(pdev)["clean"]
+    pdev.pwrite(b"\x00" * 16, off + 64)  # behind the filesystem: no poison, a wrong checksum
+    report = daxkit.fsck(pdev)
+    assert not report["clean"] and any(f"device offset {off} " in p for p in report["problems"]), report
+    with daxkit.mount(pdev) as fs:
+        assert fs.repair().corrupt
+        with fs.open("/f") as f:
+            assert f.read() == data
+    assert daxkit.fsck(pdev)["clean"]

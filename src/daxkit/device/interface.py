@@ -140,6 +140,10 @@ class Redundant(Protocol):
         """{"data": [device offsets of the group's pages], "parity": [offsets of its parity]}."""
         ...
 
+    def checksum_mismatches(self) -> list[int]:
+        """Device offsets of data pages that fail their checksum, found without changing anything."""
+        ...
+
     def repair(self, verify: bool = True):
         """Repair everything repairable; a report with ``repaired``, ``corrupt``, ``lost``
         (lists of (offset, length)) and ``as_dict()``."""

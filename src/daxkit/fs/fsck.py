@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from ..device.interface import DaxOperations
+from ..device.interface import DaxOperations, Redundant
 from ..units import PAGE_SIZE
 from .meta import Meta
 from .superblock import CorruptFilesystem, Loaded, close_stack, open_stack
@@ -56,6 +56,13 @@ def _check(dev: DaxOperations) -> dict:
     for off, n in dev.known_errors(0, meta_end):
         problems.append(f"known media error in the metadata area at device offset {off} (+{n})")
     problems += _file_data_errors(dev, loaded.meta, meta_end)
+    if isinstance(dev, Redundant):  # silent corruption: checksums checked, nothing changed
+        base = dev.lower_offset
+        problems += [
+            f"silent corruption: the data page at device offset {base + off} fails its checksum "
+            "(repair rebuilds it from parity)"
+            for off in dev.checksum_mismatches()
+        ]
     inodes = loaded.meta.inodes.values()
     used = sum(node.blocks() for node in inodes)
     return {

@@ -39,7 +39,7 @@ from ..errors import Busy, DaxError, DeviceGone, HWPoisonError, InvalidArgument,
 from ..medium import ranges
 from ..units import PAGE_SIZE
 from .mappings import MappingsThrough
-from .parity import LOST, Parity
+from .parity import LOST, Parity, page_crcs
 from .superblock import is_parity, read_geometry
 
 P = PAGE_SIZE
@@ -524,6 +524,25 @@ class ParityDevice(MappingsThrough):
         finally:
             self._leave()
         return RepairReport(_pairs(repaired), _pairs(corrupt), _pairs(lost), _pairs(meta))
+
+    def checksum_mismatches(self) -> list[int]:
+        """Logical offsets of data pages whose bytes fail their CRC32C, found without changing
+        anything (what fsck reports; ``repair`` rebuilds them).  Pages with bad lines are left
+        to the known-error reports; a group under an open mapping is not judged."""
+        par, geo, out = self._par, self.geometry, []
+        for g in range(geo.ngroups):
+            if g in par.pins:
+                continue
+            a, b = geo.group_pages(g)
+            buf = bytearray((b - a) * P)
+            bad = self.lower.read_recover_into(buf, par.data_pos(a))
+            table = bytearray(4 * (b - a))
+            if bad or self.lower.mc_read(table, par.crc_pos(a)) < len(table):
+                continue  # poison here is reported as media errors; fsck does not repair
+            crcs = page_crcs(buf, b - a).tobytes()
+            bad_pages = [i for i in range(b - a) if crcs[4 * i : 4 * i + 4] != table[4 * i : 4 * i + 4]]
+            out += [(a + i) * P for i in bad_pages]
+        return out
 
     def _verify_metadata(self) -> None:
         """Read the header, intent and byte map pages (the CRC and parity pages were read by
