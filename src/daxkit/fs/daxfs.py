@@ -835,13 +835,10 @@ class DaxFS:
         before the file grows over them, as XFS and ext4 do: a store through a mapping past EOF,
         or a write killed before its size was saved, must never reappear as file data."""
         size = node.size if size is None else size
-        if size % P:
-            tail = node.segments(size, P - size % P)
-            if tail and tail[0][0] is not None:
-                try:
-                    iomap_write(self.dev, memoryview(bytes(tail[0][1])), tail)
-                except MediaError:
-                    pass  # a poisoned tail stays reported bad; it is never read as data
+        try:
+            self._zero_partial(node, size, -(-size // P) * P)
+        except MediaError:
+            pass  # a poisoned tail stays reported bad; it is never read as data
 
     def _fallocate(self, ino: int, mode: int, off: int, length: int) -> None:
         if off < 0 or length <= 0:
