@@ -11,7 +11,7 @@ import struct
 import pytest
 
 import daxkit
-from daxkit.fs import daxfs, layout, superblock
+from daxkit.fs import commit, layout, superblock
 from daxkit.medium.image import DATA_OFFSET
 
 from ..conftest import daxkit_cli
@@ -283,7 +283,7 @@ def test_a_kill_between_any_two_log_stores_is_a_crash(base, tmp_path, monkeypatc
     shutil.copyfile(base["path"], path)
     dev = daxkit.open(path)
     fs = daxkit.mount(dev)
-    _kill_at(monkeypatch, daxfs, "meta_write", step)
+    _kill_at(monkeypatch, commit, "meta_write", step)
     with pytest.raises(Killed):
         fs.mkdir("/new")
     monkeypatch.undo()
