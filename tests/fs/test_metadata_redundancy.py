@@ -323,20 +323,23 @@ def test_a_kill_between_any_two_checkpoint_stores_is_a_crash(base, tmp_path, mon
 
 
 # -- versions, file data, fsck --repair ------------------------------------------------------------------
-def test_a_version_1_filesystem_is_refused_with_what_to_do(image):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_filesystem_is_refused_with_what_to_do(image, version):
+    """Version 3 added owners, device nodes, symlinks and hard links; older images are refused
+    (not converted), with the version named and what to do."""
     with open(image.path, "r+b") as f:
         for slot in (0, 1):
             f.seek(DATA_OFFSET + slot * P)
             block = bytearray(f.read(P))
-            struct.pack_into("<I", block, 8, 1)
+            struct.pack_into("<I", block, 8, version)
             struct.pack_into("<I", block, layout._SB_CRC_AT, layout._sb_crc(block))
             f.seek(DATA_OFFSET + slot * P)
             f.write(block)
     with pytest.raises(daxkit.CorruptFilesystem) as ei:
         daxkit.mount(image, readonly=True)
     msg = str(ei.value)
-    assert "older daxkit (daxfs version 1)" in msg and "mkfs --force" in msg, msg
-    assert "daxfs version 1" in daxkit.fsck(image)["problems"][0]
+    assert f"older daxkit (daxfs version {version})" in msg and "mkfs --force" in msg, msg
+    assert f"daxfs version {version}" in daxkit.fsck(image)["problems"][0]
     with pytest.raises(daxkit.DaxError, match="already holds"):
         daxkit.mkfs(image)
     daxkit.mkfs(image, force=True)

@@ -202,7 +202,7 @@ def test_poison_in_the_unused_log_tail_is_no_damage(fsdev):
     with daxkit.mount(fsdev) as fs:
         write_file(fs, "/f", b"data")
         g, tail = fs.geometry, fs._tail
-    line = g.log_start * P + tail + 3 * P  # well past the last record, in the unused tail
+    line = (g.log_start * P + tail + 3 * P) // 512 * 512  # well past the last record, in the unused tail
     fsdev.inject_poison(line, 64)
     with daxkit.mount(fsdev, readonly=True) as ro:
         with ro.open("/f") as f:

@@ -12,6 +12,7 @@ from ..errors import InvalidArgument, MediaError, NoSpace
 from ..fsdax.iomap import iomap_read, iomap_read_recover, iomap_write, iomap_zero_pages
 from ..units import PAGE_SIZE
 from .meta import Inode
+from .perm import killed_privs
 from .uapi import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -60,6 +61,23 @@ class FileData:
         bad = iomap_read_recover(self.dev, memoryview(out), node.segments(off, n))
         return RecoveredData(out, [(off + s, k) for s, k in bad])
 
+    def _kill_privs(self, ino: int) -> None:
+        """A write by anyone but root clears S_ISUID (and S_ISGID with group execute) first."""
+        node = self._inode(ino)
+        mode = killed_privs(self._cred(), node) if node.mode & 0o6000 else node.mode
+        if mode != node.mode:
+            tmp = node.copy()
+            tmp.mode, tmp.ctime = mode, time.time_ns()
+            self._commit([["i", ino, tmp.to_json()]], use_reserve=True)
+
+    def _free_orphan(self, ino: int) -> None:
+        """The last handle of an inode with no name left is gone: free it."""
+        node = self.meta.inodes.get(ino)
+        if node is None or node.nlink or node.is_dir:
+            return
+        self._commit([["i", ino, None]], use_reserve=True)
+        self._release(ino, [(db, cnt) for _, db, cnt in node.ext])
+
     def _write(self, ino: int, data: memoryview, off: int, recovery: bool = False) -> int:
         node = self._inode(ino)
         n = data.nbytes
@@ -72,7 +90,7 @@ class FileData:
         holes = node.holes(first, last)
         if not holes:  # the fast path: an overwrite in place, no metadata unless the size grows
             done = iomap_write(self.dev, data, node.segments(off, n), recovery=recovery)
-            node.mtime = time.time_ns()
+            node.mtime = node.ctime = time.time_ns()
             if off + done > node.size:
                 self._set_size(node, off + done)
             return done
@@ -159,6 +177,7 @@ class FileData:
             self._zero_eof_tail(tmp, size)
         tmp.size = size
         tmp.mtime = tmp.ctime = time.time_ns()
+        tmp.mode = killed_privs(self._cred(), tmp)
         self._commit([["i", ino, tmp.to_json()]], use_reserve=size <= node.size)
         self._release(ino, freed)
 

@@ -93,6 +93,8 @@ class DaxFS(MetaCommit, Namei, Namespace, BlockAlloc, FileData, ReverseMap):
         # follows the writer, so each of its operations takes the checked path)
         self._ok = not readonly
         self._listeners: list = []
+        self._creds = threading.local()  # as_user: the caller of this thread's operations
+        self._opens: dict[int, int] = {}  # open DaxFiles per inode: an orphan lives until the last goes
         self._maps: dict[int, weakref.WeakSet] = {}
         self._meta_busy = 0  # inside a metadata write: poison news for metadata waits for its end
         self._meta_repair = False
@@ -112,6 +114,8 @@ class DaxFS(MetaCommit, Namei, Namespace, BlockAlloc, FileData, ReverseMap):
             self._install(superblock.Loaded(dev))
             self._loaded = True
             self._mount_repair()
+            for ino in self.meta.orphans():  # open when the last writer stopped: nobody holds them now
+                self._free_orphan(ino)
         except BaseException:
             dev.holder = None
             raise
@@ -267,5 +271,6 @@ class DaxFS(MetaCommit, Namei, Namespace, BlockAlloc, FileData, ReverseMap):
         for o in owners:
             if o["owner"] == "file":
                 for cb in list(self._listeners):
-                    cb(o["ino"], o["path"], o["file_offset"], o["file_length"])
+                    for path in o["paths"] or [None]:  # every name of the file
+                        cb(o["ino"], path, o["file_offset"], o["file_length"])
         return 0

@@ -37,6 +37,7 @@ class DaxFile:
         self._win = None  # (inode, file start, file end, view, device offset, state generation)
         self._state = fs.dev.state_word
         self._store = dax_store_fn(fs.dev)
+        fs._opens[ino] = fs._opens.get(ino, 0) + 1  # an unlinked inode lives until its last close
 
     def __enter__(self) -> DaxFile:
         return self
@@ -114,7 +115,9 @@ class DaxFile:
         fs = self._fs
         with fs._lock:
             node = fs.meta.inodes.get(self.ino)
-            if fs._ok and self._fast_write and node is not None and off >= 0 and not flags:
+            # (a set-ID file takes the checked path: a write may clear its S_ISUID/S_ISGID)
+            fast = fs._ok and self._fast_write and node is not None and node.mode < 0o2000
+            if fast and off >= 0 and not flags:
                 n = data.nbytes if type(data) is memoryview else len(data)
                 if 0 < n and off + n <= node.size:
                     w = self._win
@@ -128,7 +131,7 @@ class DaxFile:
                     if w is not None and off + n <= w[2]:
                         # In place inside one extent and the file size: no metadata changes.
                         self._store(data, w[4] + off - w[1])
-                        node.mtime = _now()
+                        node.mtime = node.ctime = _now()
                         self._dirty = True
                         return n
             if off < 0:
@@ -139,6 +142,7 @@ class DaxFile:
             if self.append:
                 off = fs._inode(self.ino).size
             self._dirty = True
+            fs._kill_privs(self.ino)
             return fs._write(self.ino, memoryview(data).cast("B"), off, recovery=bool(flags))
 
     def pread_exact(self, n: int, off: int) -> bytes:
@@ -228,10 +232,20 @@ class DaxFile:
             return
         self._fast_write = False
         self._win = None
+        fs = self._fs
         try:
-            if self._dirty and not self._fs._shutdown and not self._fs._unmounted:
-                with self._fs._lock:
-                    if self.ino in self._fs.meta.inodes:
+            if self._dirty and not fs._shutdown and not fs._unmounted:
+                with fs._lock:
+                    node = fs.meta.inodes.get(self.ino)
+                    if node is not None and node.nlink:
                         self.fsync()
         finally:
             self.closed = True
+            with fs._lock:
+                left = fs._opens.get(self.ino, 1) - 1
+                if left:
+                    fs._opens[self.ino] = left
+                else:
+                    fs._opens.pop(self.ino, None)
+                    if not fs._shutdown and not fs._unmounted and not fs.readonly:
+                        fs._free_orphan(self.ino)

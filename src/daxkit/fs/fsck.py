@@ -81,7 +81,7 @@ def _file_data_errors(dev: DaxOperations, meta: Meta, meta_end: int) -> list[str
     errors = dev.known_errors(meta_end, dev.size - meta_end)
     if not errors:
         return []
-    paths = meta.paths()
+    names = meta.names()
     runs = sorted((db, cnt, fb, ino) for ino, node in meta.inodes.items() for fb, db, cnt in node.ext)
     starts = [r[0] for r in runs]
     out = []
@@ -91,7 +91,8 @@ def _file_data_errors(dev: DaxOperations, meta: Meta, meta_end: int) -> list[str
             db, cnt, fb, ino = runs[i]
             s, e = max(off, db * P), min(off + n, (db + cnt) * P)
             if s < e:
-                where = f"{paths.get(ino, f'inode {ino}')} at file offset {fb * P + s - db * P} (+{e - s})"
+                who = ", ".join(names.get(ino) or [f"inode {ino} (open, no name left)"])
+                where = f"{who} at file offset {fb * P + s - db * P} (+{e - s})"
                 out.append(f"media error in file data: {where}")
             i += 1
     return out

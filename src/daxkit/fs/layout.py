@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from ..units import PAGE_SIZE
 
 SB_MAGIC = b"DAXFS\x00\x00\x01"
-VERSION = 2  # 2: every metadata structure kept twice
+VERSION = 3  # 2: every metadata structure kept twice; 3: owners, device nodes, symlinks, hard links
 # magic ver sb_seq epoch area ck_len ck_crc nblocks L C uuid redundancy
 _SB = struct.Struct("<8sIQQIIIQII16sI")
 REDUNDANCY_MODES = ("none", "parity")  # the superblock's redundancy field: an index into this

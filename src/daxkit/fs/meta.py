@@ -23,6 +23,12 @@ from .layout import FormatError, Geometry
 
 ROOT = 1
 NAME_MAX = 255
+PATH_MAX = 4096  # with its NUL: a symlink's target is at most 4095 bytes
+# the inode kinds and their file types (st_mode's S_IFMT bits)
+KIND_MODE = {"d": _stat.S_IFDIR, "f": _stat.S_IFREG, "l": _stat.S_IFLNK, "p": _stat.S_IFIFO,
+             "c": _stat.S_IFCHR, "b": _stat.S_IFBLK, "s": _stat.S_IFSOCK}  # fmt: skip
+KIND_OF_MODE = {v: k for k, v in KIND_MODE.items()}
+ID_MAX = (1 << 32) - 2  # uid_t/gid_t; (uid_t)-1 means "no change" to chown
 
 
 def check_name(name: str) -> str | None:
@@ -65,11 +71,15 @@ def _time(v, ino: int) -> int:
 class Inode:
     # Times are integer nanoseconds since the epoch (the on-device form too; an image written
     # before that holds float seconds, read as such).
-    __slots__ = ("ino", "kind", "size", "mode", "atime", "mtime", "ctime", "nlink", "ext", "ents", "_starts")
+    # Ownership is numeric (uid, gid); ``rdev`` is a device node's number; a symlink's target
+    # is a str (bytes that are not UTF-8 kept by surrogateescape), its size the target's bytes.
+    __slots__ = ("ino", "kind", "size", "mode", "atime", "mtime", "ctime", "nlink", "ext", "ents", "_starts",
+                 "uid", "gid", "rdev", "target")  # fmt: skip
 
-    def __init__(self, ino: int, kind: str, mode: int, now: int | None = None):
+    def __init__(self, ino: int, kind: str, mode: int, now: int | None = None, uid: int = 0, gid: int = 0):
         t = time.time_ns() if now is None else now
         self.ino, self.kind, self.size, self.mode = ino, kind, 0, mode
+        self.uid, self.gid, self.rdev, self.target = uid, gid, 0, None
         self.atime = self.mtime = self.ctime = t
         self.nlink = 2 if kind == "d" else 1
         self.ext: list[list[int]] = []  # [file block, device block, count], sorted by file block
@@ -80,8 +90,16 @@ class Inode:
     def is_dir(self) -> bool:
         return self.kind == "d"
 
+    @property
+    def is_reg(self) -> bool:
+        return self.kind == "f"
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.kind == "l"
+
     def st_mode(self) -> int:
-        return (_stat.S_IFDIR if self.is_dir else _stat.S_IFREG) | (self.mode & 0o7777)
+        return KIND_MODE[self.kind] | (self.mode & 0o7777)
 
     # -- JSON ---------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -93,22 +111,37 @@ class Inode:
             "t": self.mtime,
             "c": self.ctime,
             "l": self.nlink,
+            "u": self.uid,
+            "g": self.gid,
         }
         if self.ext:
             d["e"] = self.ext
+        if self.rdev:
+            d["r"] = self.rdev
+        if self.target is not None:
+            d["y"] = self.target
         return d
 
     @classmethod
     def from_json(cls, ino: int, d) -> Inode:
-        if not isinstance(d, dict) or d.get("k") not in ("d", "f"):
+        if not isinstance(d, dict) or d.get("k") not in KIND_MODE:
             raise FormatError(f"inode {ino}: not an inode")
-        node = cls(ino, d["k"], _int(d.get("m"), f"inode {ino} mode"), 0)
+        node = cls(ino, d["k"], _int(d.get("m"), f"inode {ino} mode", 0, 0o7777), 0)
         node.size = _int(d.get("s"), f"inode {ino} size", 0, MAX_FILE_SIZE)
         node.nlink = _int(d.get("l"), f"inode {ino} link count")
+        node.uid = _int(d.get("u"), f"inode {ino} owner", 0, ID_MAX)
+        node.gid = _int(d.get("g"), f"inode {ino} group", 0, ID_MAX)
+        node.rdev = _int(d.get("r", 0), f"inode {ino} device number", 0, (1 << 64) - 1)
+        target = d.get("y")
+        if (target is not None) != node.is_symlink or (
+            target is not None and (not isinstance(target, str) or not 0 < len(target) < PATH_MAX)
+        ):
+            raise FormatError(f"inode {ino}: bad symlink target {str(target)[:40]!r}")
+        node.target = target
         node.mtime, node.ctime = _time(d.get("t"), ino), _time(d.get("c"), ino)
         node.atime = _time(d["a"], ino) if "a" in d else node.mtime
         ext = d.get("e", [])
-        if not isinstance(ext, list) or (ext and node.is_dir):
+        if not isinstance(ext, list) or (ext and not node.is_reg):
             raise FormatError(f"inode {ino}: bad extent list")
         for e in ext:
             if not isinstance(e, list) or len(e) != 3:
@@ -195,6 +228,9 @@ class Inode:
         return sum(e[2] for e in self.ext)
 
 
+CHECKPOINT_VERSION = 2  # 2: owners, device numbers, symlinks (layout.VERSION 3)
+
+
 class Meta:
     """The whole metadata of one filesystem, in memory."""
 
@@ -203,9 +239,11 @@ class Meta:
         self.next_ino = ROOT + 1
 
     @classmethod
-    def empty(cls) -> Meta:
+    def empty(cls, uid: int = 0, gid: int = 0) -> Meta:
+        """A filesystem with only its root directory, owned by ``uid``:``gid`` (mke2fs gives the
+        root directory to the user who makes the filesystem)."""
         m = cls()
-        m.inodes[ROOT] = Inode(ROOT, "d", 0o755)
+        m.inodes[ROOT] = Inode(ROOT, "d", 0o755, uid=uid, gid=gid)
         return m
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -216,13 +254,13 @@ class Meta:
             if node.is_dir:
                 d["ents"] = node.ents
             inodes[str(ino)] = d
-        return {"v": 1, "next_ino": self.next_ino, "inodes": inodes}
+        return {"v": CHECKPOINT_VERSION, "next_ino": self.next_ino, "inodes": inodes}
 
     @classmethod
     def from_checkpoint(cls, doc: dict) -> Meta:
         m = cls()
         inodes = doc.get("inodes")
-        if doc.get("v") != 1 or not isinstance(inodes, dict):
+        if doc.get("v") != CHECKPOINT_VERSION or not isinstance(inodes, dict):
             raise FormatError("checkpoint: unknown layout")
         m.next_ino = _int(doc.get("next_ino"), "next inode number", ROOT + 1)
         for key, d in inodes.items():
@@ -319,7 +357,7 @@ class Meta:
                     parent_of[child] = d
                     stack.append(child)
         for ino, node in self.inodes.items():
-            if ino not in seen:
+            if ino not in seen and not (node.nlink == 0 and not node.is_dir):
                 out.append(f"inode {ino} is not reachable from the root")
             if ino >= self.next_ino:
                 out.append(f"inode {ino} is not below the next inode number {self.next_ino}")
@@ -348,6 +386,29 @@ class Meta:
 
     def used_blocks(self) -> list[tuple[int, int]]:
         return sorted((db, db + cnt) for node in self.inodes.values() for _, db, cnt in node.ext)
+
+    def orphans(self) -> list[int]:
+        """Inodes with no name left that were open when the writer stopped: a read-write mount
+        frees them (the ext4 orphan list's job)."""
+        return [ino for ino, node in self.inodes.items() if node.nlink == 0 and not node.is_dir]
+
+    def names(self) -> dict[int, list[str]]:
+        """Every path of every inode, sorted (a hard-linked file has several)."""
+        out: dict[int, list[str]] = {ROOT: ["/"]}
+        stack = [(ROOT, "")]
+        while stack:
+            d, base = stack.pop()
+            for name, child in self.inodes[d].ents.items():
+                node = self.inodes.get(child)
+                if node is None:
+                    continue
+                path = f"{base}/{name}"
+                out.setdefault(child, []).append(path)
+                if node.is_dir and len(out[child]) == 1:
+                    stack.append((child, path))
+        for paths in out.values():
+            paths.sort()
+        return out
 
     def paths(self) -> dict[int, str]:
         out = {ROOT: "/"}

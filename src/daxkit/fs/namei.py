@@ -1,62 +1,110 @@
-"""Path resolution: a path to its inode, or to its parent directory and last name."""
+"""Path resolution (the kernel's namei): a path to its inode, or to its parent directory and
+last name, following symbolic links.
+
+Rules
+  * Every component is checked for length first (ENAMETOOLONG, lookups included), the whole
+    path against PATH_MAX.
+  * Search (x) permission is needed on every directory walked through.
+  * Symbolic links are followed inside a path always, at its end when asked (``follow``) or
+    when the path ends in "/"; more than MAX_SYMLINKS links in one walk is ELOOP.  An absolute
+    target starts again at the root; ".." is the physical parent (the directory walked from).
+"""
 
 from __future__ import annotations
 
 import errno
 
 from ..errors import InvalidArgument
-from ..units import PAGE_SIZE
-from .meta import NAME_MAX, ROOT, Inode, check_name
-from .uapi import (
-    fs_error,
-)
+from .meta import NAME_MAX, PATH_MAX, ROOT, Inode, check_name
+from .perm import MAY_EXEC, require
+from .uapi import fs_error
 
-P = PAGE_SIZE
+MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS
 
 
 class Namei:
     """A part of DaxFS (see daxfs.py)."""
 
-    # -- paths ------------------------------------------------------------------------------------
     @staticmethod
     def _parts(path: str) -> list[str]:
         if not isinstance(path, str):
             raise InvalidArgument(f"path must be a str, not {type(path).__name__}")
+        if len(path) >= PATH_MAX // 4 and len(path.encode("utf-8", "surrogateescape")) >= PATH_MAX:
+            raise fs_error(errno.ENAMETOOLONG, f"{path[:40]}...: path longer than {PATH_MAX - 1} bytes")
         parts = [p for p in path.split("/") if p and p != "."]
         for p in parts:  # every path operation, lookups included (the VFS checks in lookup)
-            if len(p) > NAME_MAX // 4 and len(p.encode("utf-8", "surrogatepass")) > NAME_MAX:
+            if len(p) > NAME_MAX // 4 and len(p.encode("utf-8", "surrogateescape")) > NAME_MAX:
                 raise fs_error(errno.ENAMETOOLONG, f"{path}: a name is longer than {NAME_MAX} bytes")
         return parts
 
-    def _resolve(self, path: str) -> Inode:
-        node = self.meta.inodes[ROOT]
-        stack = [node]
-        for part in self._parts(path):
+    def _walk(self, path: str, follow: bool = True) -> tuple[Inode, str | None, Inode | None]:
+        """(parent, last name, inode or None when the last name is missing) of ``path``, with
+        symbolic links followed as the rules say.  The root is (root, None, root)."""
+        parts = self._parts(path)
+        follow = follow or path.endswith("/")
+        cred = self._cred()
+        inodes = self.meta.inodes
+        stack = [inodes[ROOT]]  # the directories walked through, for ".."
+        todo = list(reversed(parts))
+        links = 0
+        while todo:
+            part = todo.pop()
+            node = stack[-1]
+            if not node.is_dir:
+                raise fs_error(errno.ENOTDIR, f"{path}: not a directory")
+            require(cred, node, MAY_EXEC, path)
             if part == "..":
                 if len(stack) > 1:
                     stack.pop()
-                node = stack[-1]
+                if not todo:
+                    return stack[-1], None, stack[-1]
                 continue
-            if not node.is_dir:
-                raise fs_error(errno.ENOTDIR, f"{path}: not a directory")
             child = node.ents.get(part)
             if child is None:
-                raise fs_error(errno.ENOENT, f"{path}: no such file or directory")
-            node = self.meta.inodes[child]
-            stack.append(node)
+                if todo:
+                    raise fs_error(errno.ENOENT, f"{path}: no such file or directory")
+                return node, part, None
+            cnode = inodes[child]
+            if cnode.is_symlink and (todo or follow):
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise fs_error(errno.ELOOP, f"{path}: too many levels of symbolic links")
+                target = cnode.target
+                if target.startswith("/"):
+                    del stack[1:]
+                tparts = self._parts(target)
+                if not tparts:  # a link to "/" (or to ".")
+                    if not todo:
+                        return stack[-1], None, stack[-1]
+                    continue
+                todo.extend(reversed(tparts))
+                continue
+            if not todo:
+                if path.endswith("/") and not cnode.is_dir:
+                    raise fs_error(errno.ENOTDIR, f"{path}: not a directory")
+                return node, part, cnode
+            stack.append(cnode)
+        return stack[-1], None, stack[-1]
+
+    def _resolve(self, path: str, follow: bool = True) -> Inode:
+        _, _, node = self._walk(path, follow)
+        if node is None:
+            raise fs_error(errno.ENOENT, f"{path}: no such file or directory")
         return node
 
     def _parent(self, path: str) -> tuple[Inode, str]:
+        """The directory that holds (or would hold) the last name of ``path``, and that name;
+        a last symbolic link is not followed."""
         parts = self._parts(path)
         if not parts or parts[-1] == "..":
             raise InvalidArgument(f"{path!r} does not name an entry")
-        parent = self._resolve("/".join(parts[:-1]))
-        if not parent.is_dir:
-            raise fs_error(errno.ENOTDIR, f"{path}: parent is not a directory")
-        why = check_name(parts[-1])
+        parent, name, _ = self._walk(path.rstrip("/") or "/", follow=False)
+        if name is None:
+            raise InvalidArgument(f"{path!r} does not name an entry")
+        why = check_name(name)
         if why:
             raise fs_error(errno.ENAMETOOLONG if "longer" in why else errno.EINVAL, f"{path}: {why}")
-        return parent, parts[-1]
+        return parent, name
 
     @staticmethod
     def _touch(node: Inode, now: float) -> list:
@@ -65,7 +113,7 @@ class Namei:
         return ["i", node.ino, node.to_json()]
 
     def _entry(self, path: str) -> tuple[Inode, str, Inode]:
-        """(parent, name, inode) of an existing entry; ENOENT otherwise."""
+        """(parent, name, inode) of an existing entry, its last symlink not followed; ENOENT."""
         parent, name = self._parent(path)
         ino = parent.ents.get(name)
         if ino is None:

@@ -30,13 +30,14 @@ class ReverseMap:
         meta_end = g.data_start * P
         if offset < meta_end:
             out.append({"offset": offset, "length": min(end, meta_end) - offset, "owner": "metadata"})
-        paths = self.meta.paths()
+        names = self.meta.names()  # every name of a hard-linked file
         for ino, node in self.meta.inodes.items():
             for fb, db, cnt in node.ext:
                 s, e = max(offset, db * P), min(end, (db + cnt) * P)
                 if s < e:
                     out.append({
-                        "offset": s, "length": e - s, "owner": "file", "ino": ino, "path": paths.get(ino),
+                        "offset": s, "length": e - s, "owner": "file", "ino": ino,
+                        "path": (names.get(ino) or [None])[0], "paths": names.get(ino, []),
                         "file_offset": fb * P + s - db * P, "file_length": e - s,
                     })  # fmt: skip
         covered = ranges.union([], [(o["offset"], o["offset"] + o["length"]) for o in out])
@@ -89,7 +90,7 @@ class ReverseMap:
             for off, n in self.dev.known_errors(meta_end, self.dev.size - meta_end):
                 for o in self._owners(off, n):
                     if o["owner"] == "file":
-                        lost.append({"path": o["path"], "offset": o["file_offset"],
+                        lost.append({"path": o["path"], "paths": o["paths"], "offset": o["file_offset"],
                                      "length": o["file_length"]})  # fmt: skip
             lost.sort(key=lambda d: (d["path"] or "", d["offset"]))
             base = self._lower_off
@@ -119,7 +120,8 @@ class ReverseMap:
 class RepairReport:
     """What ``fs.repair()`` did: ``repaired`` and ``corrupt`` device ranges (offset, length)
     rebuilt from redundancy after poison and after a checksum mismatch; ``lost`` file ranges
-    ({"path", "offset", "length"}) that could not be rebuilt."""
+    ({"path", "paths", "offset", "length"}: "path" is the first of the file's names, "paths" all
+    of them) that could not be rebuilt."""
 
     def __init__(self, repaired: list, corrupt: list, lost: list):
         self.repaired, self.corrupt, self.lost = repaired, corrupt, lost

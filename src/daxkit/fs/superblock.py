@@ -36,6 +36,7 @@ Theory of operation
 from __future__ import annotations
 
 import errno
+import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -223,7 +224,7 @@ def _mkfs(dev: DaxOperations, *, force: bool, redundancy: str) -> None:
     claim = _Claim()
     dev.holder = claim  # refuse to format under a mounted filesystem (EBUSY)
     try:
-        meta = Meta.empty()
+        meta = Meta.empty(os.geteuid(), os.getegid())
         raw = layout.encode_checkpoint(meta.checkpoint_doc())
         meta_write(dev, 0, bytes(2 * P))
         meta_write(dev, g.log_start * P, bytes(g.log_blocks * P))
