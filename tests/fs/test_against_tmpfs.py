@@ -19,7 +19,10 @@ import daxkit
 from ..fuse.conftest import Mount, make_image, requires_fuse
 
 P = 4096
+TOP = "top"  # every name lives in here, so a symlink's ".." from the top stays inside both trees
 NAMES = ["a", "b", "c", "d/e", "d/f", "g/h"]
+# relative targets (they stay inside both trees); "lnk" can loop
+TARGETS = ["a", "d/e", "../a", "nowhere", "d", "lnk", "d/lnk", "../lnk"]
 DIRS = ["d", "g"]
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -31,7 +34,7 @@ class OsDriver:
         self.root = root
 
     def p(self, name: str) -> str:
-        return os.path.join(self.root, name)
+        return os.path.join(self.root, TOP, name)
 
     def write(self, name, off, data):
         fd = os.open(self.p(name), os.O_WRONLY | os.O_CREAT, 0o644)
@@ -81,61 +84,119 @@ class OsDriver:
     def isdir(self, name):
         return stat.S_ISDIR(os.stat(self.p(name)).st_mode)
 
+    def symlink(self, target, name):
+        os.symlink(target, self.p(name))
+
+    def link(self, a, b):
+        os.link(self.p(a), self.p(b))
+
+    def readlink(self, name):
+        return os.readlink(self.p(name))
+
+    def lstat(self, name):
+        return attrs(os.lstat(self.p(name)))
+
+    def stat(self, name):
+        return attrs(os.stat(self.p(name)))
+
+    def chmod(self, name, mode):
+        os.chmod(self.p(name), mode)
+
+    def chown(self, name, uid, gid):
+        os.chown(self.p(name), uid, gid, follow_symlinks=False)
+
+    def utime(self, name, ns):
+        os.utime(self.p(name), ns=ns)
+
+
+def attrs(st) -> tuple:
+    """What must agree between the two: type and mode, links, owners, the times set explicitly
+    (utime sets them to whole seconds plus 7 ns, never 'now'), and a file's size."""
+    size = None if stat.S_ISDIR(st.st_mode) else st.st_size
+    mtime = st.st_mtime_ns if st.st_mtime_ns % 10**9 == 7 else None
+    return (st.st_mode, st.st_nlink, st.st_uid, st.st_gid, size, mtime)
+
 
 class ApiDriver:
     """The same operations through the daxfs API."""
 
     def __init__(self, fs):
         self.fs = fs
+        self.p = f"/{TOP}/".__add__
 
     def write(self, name, off, data):
-        mode = "r+" if self.fs.exists(name) else "w"
-        with self.fs.open(name, mode) as f:
+        mode = "r+" if self.fs.exists(self.p(name)) else "w"
+        with self.fs.open(self.p(name), mode) as f:
             return f.pwrite(data, off)
 
     def read(self, name, off, n):
-        with self.fs.open(name, "r") as f:
+        with self.fs.open(self.p(name), "r") as f:
             return f.pread(n, off)
 
     def truncate(self, name, size):
-        with self.fs.open(name, "r+") as f:
+        with self.fs.open(self.p(name), "r+") as f:
             f.truncate(size)
 
     def punch(self, name, off, n):
-        with self.fs.open(name, "r+") as f:
+        with self.fs.open(self.p(name), "r+") as f:
             f.fallocate(daxkit.FALLOC_FL_PUNCH_HOLE | daxkit.FALLOC_FL_KEEP_SIZE, off, n)
 
     def size(self, name):
-        st = self.fs.stat(name)
+        st = self.fs.stat(self.p(name))
         return None if stat.S_ISDIR(st.st_mode) else st.st_size
 
     def unlink(self, name):
-        self.fs.unlink(name)
+        self.fs.unlink(self.p(name))
 
     def mkdir(self, name):
-        self.fs.mkdir(name)
+        self.fs.mkdir(self.p(name))
 
     def rmdir(self, name):
-        self.fs.rmdir(name)
+        self.fs.rmdir(self.p(name))
 
     def rename(self, a, b):
-        self.fs.rename(a, b)
+        self.fs.rename(self.p(a), self.p(b))
 
     def listdir(self, name):
-        return self.fs.listdir(name)
+        return self.fs.listdir(self.p(name))
 
     def isdir(self, name):
-        return stat.S_ISDIR(self.fs.stat(name).st_mode)
+        return stat.S_ISDIR(self.fs.stat(self.p(name)).st_mode)
+
+    def symlink(self, target, name):
+        self.fs.symlink(target, self.p(name))
+
+    def link(self, a, b):
+        self.fs.link(self.p(a), self.p(b))
+
+    def readlink(self, name):
+        return self.fs.readlink(self.p(name))
+
+    def lstat(self, name):
+        return attrs(self.fs.lstat(self.p(name)))
+
+    def stat(self, name):
+        return attrs(self.fs.stat(self.p(name)))
+
+    def chmod(self, name, mode):
+        self.fs.chmod(self.p(name), mode)
+
+    def chown(self, name, uid, gid):
+        self.fs.chown(self.p(name), uid, gid, follow_symlinks=False)
+
+    def utime(self, name, ns):
+        self.fs.utime(self.p(name), ns)
 
 
 def random_ops(seed: int, count: int):
     rng = random.Random(seed)
     for _ in range(count):
         kind = rng.choices(
-            ["write", "read", "truncate", "punch", "size", "unlink", "mkdir", "rmdir", "rename", "listdir"],
-            weights=[30, 20, 8, 6, 8, 6, 5, 4, 8, 5],
-        )[0]
-        name = rng.choice(NAMES + DIRS)
+            ["write", "read", "truncate", "punch", "size", "unlink", "mkdir", "rmdir", "rename", "listdir",
+             "symlink", "link", "readlink", "lstat", "stat", "chmod", "chown", "utime"],
+            weights=[30, 20, 8, 6, 8, 6, 5, 4, 8, 5, 4, 4, 3, 4, 4, 3, 3, 3],
+        )[0]  # fmt: skip
+        name = rng.choice(NAMES + DIRS + ["lnk", "d/lnk"])
         off = rng.choice([0, 1, 100, P - 1, P, 3 * P + 17, rng.randrange(8 * P)])
         n = rng.choice([1, 10, P, 2 * P + 5, rng.randrange(1, 3 * P)])
         if kind == "write":
@@ -146,6 +207,16 @@ def random_ops(seed: int, count: int):
             yield kind, (name, rng.randrange(6 * P))
         elif kind == "rename":
             yield kind, (name, rng.choice(NAMES + DIRS))
+        elif kind == "symlink":
+            yield kind, (rng.choice(TARGETS), name)
+        elif kind == "link":
+            yield kind, (name, rng.choice(NAMES + ["lnk"]))
+        elif kind == "chmod":
+            yield kind, (name, rng.choice([0o644, 0o600, 0o755, 0o4755, 0o2750, 0o1777, 0o000]))
+        elif kind == "chown":
+            yield kind, (name, rng.choice([-1, 0, 1000]), rng.choice([-1, 0, 100]))
+        elif kind == "utime":
+            yield kind, (name, (rng.randrange(1 << 31) * 10**9 + 7, rng.randrange(1 << 31) * 10**9 + 7))
         elif kind == "listdir":
             yield kind, (rng.choice(["", "d", "g"]),)
         else:
@@ -168,6 +239,8 @@ def same(kind, a, b) -> bool:
 
 def run_both(peer, dax, seed: int, count: int) -> int:
     compared = 0
+    peer.mkdir("")
+    dax.mkdir("")
     for i, (kind, args) in enumerate(random_ops(seed, count)):
         want, got = outcome(peer, kind, args), outcome(dax, kind, args)
         assert same(kind, want, got), (

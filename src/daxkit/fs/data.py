@@ -204,10 +204,9 @@ class FileData:
             self._zero_partial(node, off, end)
             tmp = node.copy()
             freed = tmp.cut((off + P - 1) // P, end // P)
-            if freed:
-                tmp.mtime = tmp.ctime = time.time_ns()
-                self._commit([["i", ino, tmp.to_json()]], use_reserve=True)
-                self._release(ino, freed)
+            tmp.mtime = tmp.ctime = time.time_ns()  # a change of the data, whole pages or not
+            self._commit([["i", ino, tmp.to_json()]], use_reserve=True)
+            self._release(ino, freed)
             return
         if mode & FALLOC_FL_ZERO_RANGE:
             self._zero_partial(node, off, end)

@@ -203,9 +203,9 @@ class Namespace:
         with self._lock:
             self._check(write=True)
             node = self._resolve(src, follow_symlinks)
+            parent, name, _ = self._new_entry(dst)  # EEXIST before EPERM, as linkat(2) checks
             if node.is_dir:
                 raise fs_error(errno.EPERM, f"{src}: a directory cannot be hard-linked")
-            parent, name, _ = self._new_entry(dst)
             if node.nlink >= LINK_MAX:
                 raise fs_error(errno.EMLINK, f"{src}: too many links")
             if node.nlink == 0:
