@@ -118,7 +118,7 @@ def test_beyond_the_guarantee_loses_exactly_what_it_says(pdev):
         a, b = pages[10], pages[11]
         assert fs.parity_group(a) == fs.parity_group(b)
         pdev.inject_poison(a, 64)
-        pdev.inject_poison(b + 128, 64)  # two pages of one group: a double fault
+        pdev.inject_poison(b, 64)  # the same line of two pages of one group: a double fault
         report = fs.repair()
         lost = report.as_dict()["lost"]
         assert lost and {d["path"] for d in lost} == {"/f"}
