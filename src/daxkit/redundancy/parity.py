@@ -347,9 +347,28 @@ class Parity:
     def rebuilt_verified(self, page: int) -> bytearray | None:
         """The page rebuilt from its group if it matches its CRC, else None (no write: the
         read-only open's repair)."""
-        rebuilt = self.rebuild(page)
+        cur = bytearray(P)
+        bad = self.lo.read_recover_into(cur, self.data_pos(page))
         want = self.crc_entry(page)
-        return rebuilt if want is not None and _crc(rebuilt) == want else None
+        return None if want is None else self.verified(page, cur, bad, want)
+
+    def verified(self, page: int, cur: bytearray, bad: list[tuple[int, int]], want: int) -> bytearray | None:
+        """The page's bytes with its bad lines rebuilt, if the result matches ``want`` (its CRC).
+
+        Line by line first: ``cur`` (the recovery read: the clean lines, zeroes on the bad ones)
+        with only the bad lines taken from the rebuild.  A line is rebuilt right when no other
+        page of the group is bad on the same line, so two or more bad pages of one group are
+        saved when their bad lines do not overlap -- each checked whole against its CRC.
+        Then the whole rebuilt page (which also undoes silent corruption in the clean lines,
+        when every other page is whole).  None: neither matches, nothing is handed out."""
+        rebuilt = self.rebuild(page)
+        pos = self.data_pos(page)
+        merged = bytearray(cur)
+        for s, n in bad:
+            merged[s - pos : s - pos + n] = rebuilt[s - pos : s - pos + n]
+        if _crc(merged) == want:
+            return merged
+        return rebuilt if _crc(rebuilt) == want else None
 
     def crc_entry(self, page: int) -> int | None:
         t = self.crc_table(page, page + 1)
@@ -366,17 +385,20 @@ class Parity:
             return CLEAN
         if page in self.lost or self.readonly:
             return LOST
-        rebuilt = self.rebuild(page)
         want = self.crc_entry(page)
-        if want is None or _crc(rebuilt) != want:
+        if want is None:
             return self.lose(page)
-        content = rebuilt
         if page // self.G in self.pins and page in self.mapped(page, page + 1):
             # Raw stores through a mapping may be ahead of parity in the clean lines: keep them,
-            # take only the bad lines from the rebuilt page (last persisted, CRC-verified).
+            # take only the bad lines from the rebuilt page (last persisted, CRC-verified whole).
+            rebuilt = self.rebuild(page)
+            if _crc(rebuilt) != want:
+                return self.lose(page)
             content = cur
             for s, n in bad:
                 content[s - pos : s - pos + n] = rebuilt[s - pos : s - pos + n]
+        elif (content := self.verified(page, cur, bad, want)) is None:
+            return self.lose(page)
         self.rewrite(page, content, want)
         self.repaired.extend((s - self.base, n) for s, n in bad)
         return REPAIRED
