@@ -3,6 +3,7 @@ UTIME_OMIT as on tmpfs, times to the nanosecond, chown that works or fails with 
 fs.statfs(), the kernel checking permissions for every user (allow_other) unless private; and no
 handler lets a Python exception through: every failure is an errno."""
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -60,19 +61,23 @@ def test_touch_and_utime_behave_as_on_tmpfs(mounted):
     assert os.stat(f).st_ctime_ns >= before  # ctime moves with every change
 
 
-def test_chown_works_or_fails_with_eperm(mounted):
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+def test_chown_is_kept_and_only_root_gives_a_file_away(mounted):
     f = mounted.path("owned")
-    open(f, "w").close()
+    with open(f, "w") as fh:
+        fh.write("x")
+    os.chmod(f, 0o4755)
+    os.chown(f, NOBODY, NOBODY)
     st = os.stat(f)
-    os.chown(f, st.st_uid, st.st_gid)  # to its owner: nothing to change
-    os.chown(f, -1, -1)
-    os.chown(f, st.st_uid, -1)
-    for uid, gid in [(st.st_uid + 1, -1), (-1, st.st_gid + 1), (NOBODY, NOBODY)]:
-        with pytest.raises(OSError) as ei:
-            os.chown(f, uid, gid)
-        assert ei.value.errno == errno.EPERM, (uid, gid)
-    after = os.stat(f)
-    assert (after.st_uid, after.st_gid) == (st.st_uid, st.st_gid)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (NOBODY, NOBODY, 0o755)  # set-user-ID cleared
+    os.chmod(mounted.mnt, 0o777)
+    dirfd = os.open(mounted.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:  # nobody owns it now, and still cannot give it to root
+        assert _as_nobody(dirfd, "owned", chown_to=0) == errno.EPERM
+        assert _as_nobody(dirfd, "owned", chown_to=NOBODY) == 0
+    finally:
+        os.close(dirfd)
+    assert os.stat(f).st_uid == NOBODY
 
 
 def test_df_shows_fs_statfs(mounted):
@@ -105,8 +110,9 @@ def test_names_that_are_not_utf8_work_as_on_tmpfs(mounted):
 
 
 # -- permissions: the kernel checks them, for every user unless the mount is private ---------------
-def _as_nobody(dirfd: int, name: str) -> int:
-    """Open and read ``name`` under ``dirfd`` as nobody: 0, or the errno."""
+def _as_nobody(dirfd: int, name: str, chown_to: int | None = None) -> int:
+    """Open and read ``name`` under ``dirfd`` as nobody (or chown it to ``chown_to``): 0, or
+    the errno."""
     pid = os.fork()
     if pid == 0:
         code = 0
@@ -114,9 +120,12 @@ def _as_nobody(dirfd: int, name: str) -> int:
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
-            fd = os.open(name, os.O_RDONLY, dir_fd=dirfd)
-            os.read(fd, 16)
-            os.close(fd)
+            if chown_to is not None:
+                os.chown(name, chown_to, -1, dir_fd=dirfd)
+            else:
+                fd = os.open(name, os.O_RDONLY, dir_fd=dirfd)
+                os.read(fd, 16)
+                os.close(fd)
         except OSError as e:
             code = e.errno or 255
         except BaseException:
@@ -168,8 +177,14 @@ class _Boom:
     def add_failure_listener(self, callback):
         pass
 
-    def open(self, path, mode="r"):
+    def open(self, path, mode="r", **kwargs):
+        if mode == "x+":  # creating
+            raise self.exc
         return _Boom(self.exc)
+
+    @contextlib.contextmanager
+    def as_user(self, uid, gid, groups=()):
+        yield self
 
     def __getattr__(self, name):
         def boom(*args, **kwargs):
@@ -183,6 +198,7 @@ HANDLER_CALLS = {
     "statfs": ("/",), "getxattr": ("/f", "user.daxkit.bad_ranges"), "listxattr": ("/f",),
     "readdir": ("/", 0), "mkdir": ("/d", 0o755), "rmdir": ("/d",), "unlink": ("/f",),
     "rename": ("/f", "/g"), "create": ("/f", 0o600), "truncate": ("/f", 0),
+    "symlink": ("/l", "f"), "readlink": ("/l",), "link": ("/h", "/f"), "mknod": ("/p", 0o10644, 0),
 }  # fmt: skip
 FILE_CALLS = {
     "read": (4096, 0), "write": (b"x", 0), "truncate": (0,), "fallocate": (3, 0, 4096), "fsync": (0,),

@@ -48,6 +48,12 @@ class DaxFile:
     def __repr__(self) -> str:
         return f"<DaxFile {self.name!r} ino={self.ino}{' closed' if self.closed else ''}>"
 
+    @property
+    def setid(self) -> bool:
+        """The file is set-user-ID or set-group-ID (a write by anyone but root clears that)."""
+        node = self._fs.meta.inodes.get(self.ino)
+        return node is not None and node.mode >= 0o2000
+
     def _ready(self, write: bool = False, read: bool = False) -> None:
         if self.closed:
             raise InvalidArgument("I/O on a closed file")

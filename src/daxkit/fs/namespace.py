@@ -39,6 +39,9 @@ from .perm import (
 from .uapi import UTIME_NOW, UTIME_OMIT, check_mode, fs_error, time_ns_of
 
 P = PAGE_SIZE
+# open()'s modes: (readable, writable, create, truncate: 1, or exclusive create: 2)
+OPEN_MODES = {"r": (1, 0, 0, 0), "r+": (1, 1, 0, 0), "w": (0, 1, 1, 1), "w+": (1, 1, 1, 1),
+              "a": (0, 1, 1, 0), "a+": (1, 1, 1, 0), "x": (0, 1, 1, 2), "x+": (1, 1, 1, 2)}  # fmt: skip
 LINK_MAX = 65000  # ext4's EXT4_LINK_MAX: a file's names, a directory's subdirectories
 
 
@@ -164,7 +167,7 @@ class Namespace:
         mode = check_mode(mode) & 0o7777
         with self._lock:
             self._check(write=True)
-            self._make(path, "d", mode & ~statmod.S_ISGID)
+            self._make(path, "d", mode & 0o1777)  # mkdir(2) takes no set-ID bits from its caller
 
     def symlink(self, target: str, path: str) -> None:
         """A symbolic link at ``path`` holding ``target`` (not checked: it may dangle)."""
@@ -392,15 +395,23 @@ class Namespace:
         self._update(path, change, follow_symlinks)
 
     # -- files -------------------------------------------------------------------------------------
-    def open(self, path: str, mode: str = "r", *, perm: int = 0o644, follow_symlinks: bool = True) -> DaxFile:
-        """Open as open() does; a new file gets ``perm``.  ``follow_symlinks=False`` is
-        O_NOFOLLOW: a symbolic link at the end of the path is ELOOP."""
-        flags = {"r": (1, 0, 0, 0), "r+": (1, 1, 0, 0), "w": (0, 1, 1, 1), "w+": (1, 1, 1, 1),
-                 "a": (0, 1, 1, 0), "a+": (1, 1, 1, 0), "x": (0, 1, 1, 2), "x+": (1, 1, 1, 2)}  # fmt: skip
-        key = mode.replace("b", "")
-        if key not in flags:
-            raise InvalidArgument(f"unknown open mode {mode!r}")
-        readable, writable, create, trunc = flags[key]
+    def open(self, path: str, mode: str | int = "r", *, perm: int = 0o644, follow_symlinks: bool = True
+             ) -> DaxFile:  # fmt: skip
+        """Open as open() does (``mode`` "r", "w+", ...), or as os.open does (``mode`` the O_*
+        flags: O_WRONLY, O_CREAT, O_EXCL, O_TRUNC, O_APPEND, O_NOFOLLOW); a new file gets ``perm``.
+        ``follow_symlinks=False`` is O_NOFOLLOW: a symbolic link at the end of the path is ELOOP."""
+        if isinstance(mode, int) and not isinstance(mode, bool):
+            acc = mode & (os.O_WRONLY | os.O_RDWR)
+            readable, writable, create = acc != os.O_WRONLY, acc != os.O_RDONLY, bool(mode & os.O_CREAT)
+            trunc = 2 if create and mode & os.O_EXCL else 1 if mode & os.O_TRUNC else 0
+            append = bool(mode & os.O_APPEND)
+            follow_symlinks = follow_symlinks and not mode & os.O_NOFOLLOW
+        else:
+            key = mode.replace("b", "") if isinstance(mode, str) else None
+            if key not in OPEN_MODES:
+                raise InvalidArgument(f"unknown open mode {mode!r}")
+            readable, writable, create, trunc = OPEN_MODES[key]
+            append = key.startswith("a")
         perm = check_mode(perm) & 0o7777
         with self._lock:
             self._check(write=bool(writable))
@@ -430,7 +441,7 @@ class Namespace:
                 require(cred, node, (MAY_READ if readable else 0) | (MAY_WRITE if writable else 0), path)
                 if trunc == 1 and (node.size or node.ext):
                     self._truncate(node.ino, 0)
-            return DaxFile(self, node.ino, path, bool(readable), bool(writable), key.startswith("a"))
+            return DaxFile(self, node.ino, path, bool(readable), bool(writable), append)
 
     def _inode(self, ino: int) -> Inode:
         node = self.meta.inodes.get(ino)

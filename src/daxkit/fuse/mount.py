@@ -16,10 +16,13 @@ Rules
     reader asks us and gets EIO, and an mmap load of the page gets SIGBUS.  Invalidation runs on
     a worker thread: calling it from inside a request handler could wait on a page lock held for
     that very request.
-  * The kernel checks permissions (``default_permissions``) against the mode we report, for
-    every user of the machine (``allow_other``, where fuse.conf permits) unless the mount is
-    private.  Ownership is not stored yet: files belong to the server's user, and ``chown``
-    to anyone else is EPERM, never a silent no-op.
+  * The kernel checks permissions (``default_permissions``) against the mode and owners we
+    report, for every user of the machine (``allow_other``, where fuse.conf permits) unless the
+    mount is private.  Each request that names files runs as its caller (``fs.as_user`` with the
+    caller's uid, gid and groups), so what it creates is the caller's and the filesystem's own
+    checks agree with the kernel's.  Paths reach us resolved: no handler follows a last symlink.
+  * An unlinked open file stays reachable through its handle (``hard_remove``: no
+    .fuse_hidden renames); inode numbers are the filesystem's (``use_ino``).
   * Times are nanoseconds both ways; utimensat's UTIME_NOW/UTIME_OMIT reach the filesystem as
     the markers they are (see ``_fuse_class``).
   * ``user.daxkit.bad_ranges`` (xattr) is the file's bad ranges as JSON.
@@ -53,6 +56,7 @@ from ..errors import Busy, DaxError
 
 XATTR_BAD_RANGES = "user.daxkit.bad_ranges"
 O_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
+RENAME_NOREPLACE = 1  # renameat2(2)
 FSTYPE = b"fuse.daxfs"  # what /proc/self/mountinfo shows for our mounts (subtype "daxfs")
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # utimensat(2)'s tv_nsec markers
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -87,6 +91,37 @@ def _errno_of(e: BaseException) -> int:
     return errno.EIO
 
 
+def _context(mfusepy) -> tuple[int, int, int] | None:
+    """(uid, gid, pid) of the request being served, or None outside one."""
+    try:
+        return mfusepy.fuse_get_context()
+    except ValueError:  # libfuse has no context here (a NULL pointer)
+        return None
+
+
+def _groups_of(pid: int) -> tuple[int, ...]:
+    """A process's supplementary groups, from /proc (libfuse's fuse_getgroups reads the same);
+    none when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Groups:"):
+                    return tuple(int(g) for g in line.split()[1:])
+    except OSError:
+        pass
+    return ()
+
+
+def _lexists(fs, path: str) -> bool:
+    try:
+        fs.lstat(path)
+        return True
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+
+
 def _ns_of_timespec(ts) -> int:
     """A utimens timespec in nanoseconds, or the UTIME_NOW/UTIME_OMIT marker it carries (libfuse
     passes tv_sec 0 with them, so folding would make them times 1.07 s after the epoch)."""
@@ -111,6 +146,11 @@ def _fuse_class(mfusepy):
         def utimens_fuse_3(self, path, buf, fip):
             return self.utimens_fuse_2(path, buf)
 
+        def rename_fuse_3(self, old, new, flags):
+            # mfusepy drops renameat2's flags: RENAME_NOREPLACE must never replace
+            dec = functools.partial(bytes.decode, encoding=self.encoding, errors=self.errors)
+            return self.operations.rename(dec(old), dec(new), flags)
+
     return DaxFUSE
 
 
@@ -132,13 +172,25 @@ def make_operations(fs, mfusepy):
 
         return guarded
 
+    def as_caller(fn):
+        """Run a handler as the process that made the request (its uid, gid and groups)."""
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            ctx = _context(mfusepy)
+            if ctx is None:  # called outside a request (tests): as the server
+                return fn(*args, **kwargs)
+            with fs.as_user(ctx[0], ctx[1], _groups_of(ctx[2])):
+                return fn(*args, **kwargs)
+
+        return run
+
     class DaxFuse(mfusepy.Operations):
         use_ns = True
 
         def __init__(self):
             # Attribute names are private: mfusepy treats public names as FUSE operations.
             self._fs = fs
-            self._owner = (os.getuid(), os.getgid())
             self._files: dict[int, object] = {}
             self._next_fh = 1
             self._fh_lock = threading.Lock()
@@ -189,33 +241,34 @@ def make_operations(fs, mfusepy):
         # -- attributes ----------------------------------------------------------------------------
         @handler
         def getattr(self, path, fh=None):
-            st = fs.stat(path)
+            f = self._files.get(fh) if fh is not None else None
+            st = f.stat() if path is None and f is not None else fs.lstat(path)
             return {
                 "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_size": st.st_size,
-                "st_uid": self._owner[0], "st_gid": self._owner[1], "st_blocks": st.st_blocks,
+                "st_uid": st.st_uid, "st_gid": st.st_gid, "st_rdev": st.st_rdev, "st_blocks": st.st_blocks,
                 "st_blksize": st.st_blksize,
                 "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns,
             }  # fmt: skip
 
         @handler
+        @as_caller
         def chmod(self, path, mode):
-            fs.chmod(path, mode)
+            fs.chmod(path, mode & 0o7777, follow_symlinks=False)
             return 0
 
         @handler
+        @as_caller
         def chown(self, path, uid, gid):
-            fs.stat(path)  # a missing file is ENOENT before it is EPERM
-            if uid not in (-1, self._owner[0]) or gid not in (-1, self._owner[1]):
-                raise FuseOSError(errno.EPERM)  # ownership is not stored (yet): refuse, never ignore
-            fs.utime(path, (UTIME_OMIT, UTIME_OMIT))  # chown(2) marks ctime even when nothing changes
+            fs.chown(path, uid, gid, follow_symlinks=False)
             return 0
 
         @handler
+        @as_caller
         def utimens(self, path, times=None):
             if times is None:
-                fs.utime(path)
+                fs.utime(path, follow_symlinks=False)
             else:
-                fs.utime(path, (int(times[0]), int(times[1])))
+                fs.utime(path, (int(times[0]), int(times[1])), follow_symlinks=False)
             return 0
 
         @handler
@@ -225,7 +278,7 @@ def make_operations(fs, mfusepy):
 
         @handler
         def getxattr(self, path, name, position=0):
-            if name != XATTR_BAD_RANGES:
+            if name != XATTR_BAD_RANGES or not _stat.S_ISREG(fs.lstat(path).st_mode):
                 raise FuseOSError(errno.ENODATA)
             f = fs.open(path, "r")
             try:
@@ -236,31 +289,67 @@ def make_operations(fs, mfusepy):
 
         @handler
         def listxattr(self, path):
-            return [XATTR_BAD_RANGES] if not _stat.S_ISDIR(fs.stat(path).st_mode) else []
+            return [XATTR_BAD_RANGES] if _stat.S_ISREG(fs.lstat(path).st_mode) else []
 
         # -- namespace -----------------------------------------------------------------------------
         @handler
+        @as_caller
         def readdir(self, path, fh):
-            return [".", ".."] + fs.listdir(path)
+            # with use_ino the kernel takes each entry's inode number from here (0 would hide it)
+            dot = fs.stat(path).st_ino
+            up = fs.stat(path.rstrip("/").rpartition("/")[0] or "/").st_ino
+            return [(".", {"st_ino": dot}, 0), ("..", {"st_ino": up}, 0)] + [
+                (name, {"st_ino": st.st_ino, "st_mode": st.st_mode}, 0) for name, st in fs.scandir(path)
+            ]
 
         @handler
+        @as_caller
         def mkdir(self, path, mode):
             fs.mkdir(path, mode & 0o7777)
             return 0
 
         @handler
+        @as_caller
         def rmdir(self, path):
             fs.rmdir(path)
             return 0
 
         @handler
+        @as_caller
         def unlink(self, path):
             fs.unlink(path)
             return 0
 
         @handler
-        def rename(self, old, new):
+        @as_caller
+        def rename(self, old, new, flags=0):
+            if flags & ~RENAME_NOREPLACE:
+                raise FuseOSError(errno.EINVAL)  # RENAME_EXCHANGE, RENAME_WHITEOUT: not supported
+            if flags & RENAME_NOREPLACE and _lexists(fs, new):
+                raise FuseOSError(errno.EEXIST)
             fs.rename(old, new)
+            return 0
+
+        @handler
+        @as_caller
+        def symlink(self, target, source):
+            fs.symlink(source, target)  # mfusepy's names: the link is ``target``, it holds ``source``
+            return 0
+
+        @handler
+        def readlink(self, path):
+            return fs.readlink(path)
+
+        @handler
+        @as_caller
+        def link(self, target, source):
+            fs.link(source, target)  # a new name ``target`` for ``source``
+            return 0
+
+        @handler
+        @as_caller
+        def mknod(self, path, mode, dev):
+            fs.mknod(path, mode, dev)
             return 0
 
         # -- files -------------------------------------------------------------------------------
@@ -278,19 +367,14 @@ def make_operations(fs, mfusepy):
             return f
 
         @handler
+        @as_caller
         def create(self, path, mode, fi=None):
-            f = fs.open(path, "x+")
-            try:
-                if mode & 0o7777 != 0o644:
-                    fs.chmod(path, mode & 0o7777)
-            except BaseException:
-                f.close()
-                raise
-            return self._add(f)
+            return self._add(fs.open(path, "x+", perm=mode & 0o7777))
 
         @handler
+        @as_caller
         def open(self, path, flags):
-            return self._add(fs.open(path, "r" if flags & O_ACCMODE == os.O_RDONLY else "r+"))
+            return self._add(fs.open(path, flags & O_ACCMODE))  # O_TRUNC, O_APPEND: the kernel's
 
         @handler
         def read(self, path, size, offset, fh):
@@ -299,15 +383,21 @@ def make_operations(fs, mfusepy):
 
         @handler
         def write(self, path, data, offset, fh):
-            return self._file(fh).pwrite(data, offset)
+            f = self._file(fh)
+            ctx = _context(mfusepy) if f.setid else None
+            if ctx is not None:  # a write clears S_ISUID/S_ISGID unless its caller is root
+                with fs.as_user(ctx[0], ctx[1]):
+                    return f.pwrite(data, offset)
+            return f.pwrite(data, offset)
 
         @handler
+        @as_caller
         def truncate(self, path, length, fh=None):
             f = self._files.get(fh) if fh is not None else None
             if f is not None and f.writable:
                 f.truncate(length)
                 return 0
-            f = fs.open(path, "r+")
+            f = fs.open(path, os.O_WRONLY)
             try:
                 f.truncate(length)
             finally:
@@ -364,7 +454,7 @@ def _allow_other_permitted() -> bool:
 
 
 def _mount_options(private: bool) -> dict:
-    options = {"default_permissions": True}
+    options = {"default_permissions": True, "hard_remove": True, "use_ino": True}
     if not private and _allow_other_permitted():
         options["allow_other"] = True
     return options
