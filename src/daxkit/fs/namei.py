@@ -2,8 +2,9 @@
 last name, following symbolic links.
 
 Rules
-  * Every component is checked for length first (ENAMETOOLONG, lookups included), the whole
-    path against PATH_MAX.
+  * Every component is checked for length first (ENAMETOOLONG, lookups included).  A whole
+    path has no limit here: PATH_MAX bounds what a system call takes (the VFS's getname), and a
+    FUSE path from the mount's root can be longer than the relative path a program gave.
   * Search (x) permission is needed on every directory walked through.
   * Symbolic links are followed inside a path always, at its end when asked (``follow``) or
     when the path ends in "/"; more than MAX_SYMLINKS links in one walk is ELOOP.  An absolute
@@ -15,7 +16,7 @@ from __future__ import annotations
 import errno
 
 from ..errors import InvalidArgument
-from .meta import NAME_MAX, PATH_MAX, ROOT, Inode, check_name
+from .meta import NAME_MAX, ROOT, Inode, check_name
 from .perm import MAY_EXEC, require
 from .uapi import fs_error
 
@@ -29,8 +30,6 @@ class Namei:
     def _parts(path: str) -> list[str]:
         if not isinstance(path, str):
             raise InvalidArgument(f"path must be a str, not {type(path).__name__}")
-        if len(path) >= PATH_MAX // 4 and len(path.encode("utf-8", "surrogateescape")) >= PATH_MAX:
-            raise fs_error(errno.ENAMETOOLONG, f"{path[:40]}...: path longer than {PATH_MAX - 1} bytes")
         parts = [p for p in path.split("/") if p and p != "."]
         for p in parts:  # every path operation, lookups included (the VFS checks in lookup)
             if len(p) > NAME_MAX // 4 and len(p.encode("utf-8", "surrogateescape")) > NAME_MAX:

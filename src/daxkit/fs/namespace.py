@@ -91,6 +91,15 @@ class Namespace:
         """stat of the entry itself: a symbolic link is not followed."""
         return self.stat(path, follow_symlinks=False)
 
+    def paths_of(self, ino: int) -> list[str]:
+        """Every path of inode ``ino`` (a hard-linked file has several), sorted; [] if none."""
+        with self._lock:
+            self._check()
+            node = self.meta.inodes.get(ino)
+            if node is None or node.nlink == 0:
+                return []
+            return self.meta.names().get(ino, [])
+
     def readlink(self, path: str) -> str:
         with self._lock:
             self._check()

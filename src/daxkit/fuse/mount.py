@@ -18,11 +18,16 @@ Rules
     that very request.
   * The kernel checks permissions (``default_permissions``) against the mode and owners we
     report, for every user of the machine (``allow_other``, where fuse.conf permits) unless the
-    mount is private.  Each request that names files runs as its caller (``fs.as_user`` with the
-    caller's uid, gid and groups), so what it creates is the caller's and the filesystem's own
-    checks agree with the kernel's.  Paths reach us resolved: no handler follows a last symlink.
-  * An unlinked open file stays reachable through its handle (``hard_remove``: no
-    .fuse_hidden renames); inode numbers are the filesystem's (``use_ino``).
+    mount is private.  Each request that makes or removes names runs as its caller
+    (``fs.as_user`` with the caller's uid, gid and groups), so what it creates is the caller's and
+    the filesystem's own checks agree with the kernel's.  Attribute changes (chmod, chown, utimens,
+    truncate) run as the server: the kernel has checked them already (setattr_prepare), and it
+    sends some that their caller could not make (clearing S_ISUID after a write, ATTR_FORCE).
+    Paths reach us resolved: no handler follows a last symlink.
+  * An unlinked open file stays reachable through its handle and libfuse's hidden name for it
+    (see _hidden_file); inode numbers are the filesystem's (``use_ino``).  libfuse's inodes are
+    names, so the kernel holds one inode per hard link: a change to one name invalidates the
+    cached attributes of the others.
   * Times are nanoseconds both ways; utimensat's UTIME_NOW/UTIME_OMIT reach the filesystem as
     the markers they are (see ``_fuse_class``).
   * ``user.daxkit.bad_ranges`` (xattr) is the file's bad ranges as JSON.
@@ -55,6 +60,8 @@ import time
 from ..errors import Busy, DaxError
 
 XATTR_BAD_RANGES = "user.daxkit.bad_ranges"
+INVAL_WAIT = 0.2  # seconds a request waits for the other names of a hard-linked inode to be invalidated
+HIDDEN_PREFIX = ".fuse_hidden"  # libfuse renames an open file to this instead of unlinking it
 O_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
 RENAME_NOREPLACE = 1  # renameat2(2)
 FSTYPE = b"fuse.daxfs"  # what /proc/self/mountinfo shows for our mounts (subtype "daxfs")
@@ -146,6 +153,12 @@ def _fuse_class(mfusepy):
         def utimens_fuse_3(self, path, buf, fip):
             return self.utimens_fuse_2(path, buf)
 
+        def truncate_fuse_3(self, path, length, fip):
+            # mfusepy drops the handle: an ftruncate of an unlinked file has no path, only it
+            fh = fip.contents.fh if fip else None
+            return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors),
+                                            length, fh)  # fmt: skip
+
         def rename_fuse_3(self, old, new, flags):
             # mfusepy drops renameat2's flags: RENAME_NOREPLACE must never replace
             dec = functools.partial(bytes.decode, encoding=self.encoding, errors=self.errors)
@@ -187,11 +200,16 @@ def make_operations(fs, mfusepy):
 
     class DaxFuse(mfusepy.Operations):
         use_ns = True
+        # libfuse's nullpath_ok: a request on an open handle comes without a path, so an
+        # unlinked open file (hard_remove) keeps working instead of failing with ESTALE
+        flag_nopath = flag_nullpath_ok = True
 
         def __init__(self):
             # Attribute names are private: mfusepy treats public names as FUSE operations.
             self._fs = fs
             self._files: dict[int, object] = {}
+            self._dirs: dict[int, str] = {}  # open directories: handle -> path
+            self._hidden: dict[str, int] = {}  # libfuse's hidden names of unlinked open files -> inode
             self._next_fh = 1
             self._fh_lock = threading.Lock()
             self._fuse_ptr = None
@@ -213,13 +231,32 @@ def make_operations(fs, mfusepy):
 
         def _invalidator(self):
             while True:
-                path = self._inval.get()
-                if path is None:
+                item = self._inval.get()
+                if item is None:
                     return
+                path, done = item if isinstance(item, tuple) else (item, None)
                 if self._fuse_ptr is not None:
                     mfusepy._libfuse.fuse_invalidate_path(
                         self._fuse_ptr, path.encode("utf-8", "surrogateescape")
                     )
+                if done is not None:
+                    done.set()
+
+        def _inval_links(self, ino: int, changed: str | None) -> None:
+            """The kernel holds one inode per name (libfuse's nodes are names): when an inode with
+            other names changes, their cached attributes go too.  The invalidation runs on the
+            worker (see _on_failure); the request waits a moment for it, so that the caller's
+            next stat of another name is fresh, but never long (a page lock could hold it)."""
+            others = [p for p in fs.paths_of(ino) if p != changed]
+            if not others or self._fuse_ptr is None:
+                return
+            done = [threading.Event() for _ in others]
+            for path, ev in zip(others, done):
+                self._inval.put((path, ev))
+            deadline = time.monotonic() + INVAL_WAIT
+            for ev in done:
+                if not ev.wait(max(0.0, deadline - time.monotonic())):
+                    break
 
         def _exit_loop(self) -> None:
             """End the loop as fuse_exit does (it notices at its next wake-up)."""
@@ -242,7 +279,9 @@ def make_operations(fs, mfusepy):
         @handler
         def getattr(self, path, fh=None):
             f = self._files.get(fh) if fh is not None else None
-            st = f.stat() if path is None and f is not None else fs.lstat(path)
+            if f is None or path is not None:
+                f = self._hidden_file(path)
+            st = f.stat() if f is not None else fs.lstat(path)
             return {
                 "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_size": st.st_size,
                 "st_uid": st.st_uid, "st_gid": st.st_gid, "st_rdev": st.st_rdev, "st_blocks": st.st_blocks,
@@ -251,24 +290,55 @@ def make_operations(fs, mfusepy):
             }  # fmt: skip
 
         @handler
-        @as_caller
         def chmod(self, path, mode):
+            f = self._hidden_file(path)
+            if f is not None:
+                raise FuseOSError(errno.EPERM)  # fchmod of an unlinked file: not kept
             fs.chmod(path, mode & 0o7777, follow_symlinks=False)
+            self._changed(path)
             return 0
 
         @handler
-        @as_caller
         def chown(self, path, uid, gid):
+            if self._hidden_file(path) is not None:
+                raise FuseOSError(errno.EPERM)
             fs.chown(path, uid, gid, follow_symlinks=False)
+            self._changed(path)
             return 0
 
+        def _changed(self, path: str, ino: int | None = None) -> None:
+            if ino is None:
+                st = fs.lstat(path)
+                if st.st_nlink < 2 or _stat.S_ISDIR(st.st_mode):
+                    return
+                ino = st.st_ino
+            self._inval_links(ino, path)
+
+        # -- unlinked open files -------------------------------------------------------------------
+        # libfuse renames a file that is unlinked while open to .fuse_hiddenXXXX and unlinks that
+        # name at its last close.  Here the rename is the unlink (the inode lives on as an orphan
+        # while its DaxFile is open) and the hidden name, which nothing lists, leads to it, so that
+        # fstat sees st_nlink 0 and the directory can be removed.
+        def _hidden_file(self, path):
+            if path is None or HIDDEN_PREFIX not in path:
+                return None
+            ino = self._hidden.get(path.rpartition("/")[2])
+            if ino is None:
+                return None
+            for f in list(self._files.values()):
+                if f.ino == ino and not f.closed:
+                    return f
+            return None
+
         @handler
-        @as_caller
         def utimens(self, path, times=None):
+            if self._hidden_file(path) is not None:
+                raise FuseOSError(errno.EPERM)
             if times is None:
                 fs.utime(path, follow_symlinks=False)
             else:
                 fs.utime(path, (int(times[0]), int(times[1])), follow_symlinks=False)
+            self._changed(path)
             return 0
 
         @handler
@@ -294,7 +364,24 @@ def make_operations(fs, mfusepy):
         # -- namespace -----------------------------------------------------------------------------
         @handler
         @as_caller
+        def opendir(self, path):
+            fs.listdir(path)  # ENOENT, ENOTDIR, EACCES now, as opendir(3) reports them
+            with self._fh_lock:
+                fh = self._next_fh
+                self._next_fh += 1
+                self._dirs[fh] = path
+            return fh
+
+        def releasedir(self, path, fh):
+            self._dirs.pop(fh, None)
+            return 0
+
+        @handler
+        @as_caller
         def readdir(self, path, fh):
+            # nullpath_ok: the path is the one opendir saw (a renamed directory keeps its old one
+            # here, as the path-based readdir always did)
+            path = self._dirs.get(fh, path) if path is None else path
             # with use_ino the kernel takes each entry's inode number from here (0 would hide it)
             dot = fs.stat(path).st_ino
             up = fs.stat(path.rstrip("/").rpartition("/")[0] or "/").st_ino
@@ -317,7 +404,14 @@ def make_operations(fs, mfusepy):
         @handler
         @as_caller
         def unlink(self, path):
+            name = path.rpartition("/")[2]
+            if name in self._hidden:
+                del self._hidden[name]  # libfuse's last close of a hidden file: already unlinked
+                return 0
+            st = fs.lstat(path)
             fs.unlink(path)
+            if st.st_nlink > 1:
+                self._changed(path, st.st_ino)
             return 0
 
         @handler
@@ -325,9 +419,20 @@ def make_operations(fs, mfusepy):
         def rename(self, old, new, flags=0):
             if flags & ~RENAME_NOREPLACE:
                 raise FuseOSError(errno.EINVAL)  # RENAME_EXCHANGE, RENAME_WHITEOUT: not supported
+            hidden = new.rpartition("/")[2]
+            if hidden.startswith(HIDDEN_PREFIX) and not flags:
+                st = fs.lstat(old)  # libfuse hiding an open file: unlink it, keep the hidden name
+                fs.unlink(old)
+                self._hidden[hidden] = st.st_ino
+                if st.st_nlink > 1:
+                    self._changed(old, st.st_ino)
+                return 0
             if flags & RENAME_NOREPLACE and _lexists(fs, new):
                 raise FuseOSError(errno.EEXIST)
+            replaced = fs.lstat(new) if _lexists(fs, new) else None
             fs.rename(old, new)
+            if replaced is not None and replaced.st_nlink > 1 and not _stat.S_ISDIR(replaced.st_mode):
+                self._changed(new, replaced.st_ino)
             return 0
 
         @handler
@@ -344,6 +449,7 @@ def make_operations(fs, mfusepy):
         @as_caller
         def link(self, target, source):
             fs.link(source, target)  # a new name ``target`` for ``source``
+            self._changed(target)
             return 0
 
         @handler
@@ -391,10 +497,11 @@ def make_operations(fs, mfusepy):
             return f.pwrite(data, offset)
 
         @handler
-        @as_caller
         def truncate(self, path, length, fh=None):
             f = self._files.get(fh) if fh is not None else None
-            if f is not None and f.writable:
+            if f is None or not f.writable:
+                f = self._hidden_file(path) or f
+            if f is not None and (f.writable or path is None or HIDDEN_PREFIX in path):
                 f.truncate(length)
                 return 0
             f = fs.open(path, os.O_WRONLY)
@@ -402,6 +509,7 @@ def make_operations(fs, mfusepy):
                 f.truncate(length)
             finally:
                 f.close()
+            self._changed(path)
             return 0
 
         @handler
@@ -454,7 +562,7 @@ def _allow_other_permitted() -> bool:
 
 
 def _mount_options(private: bool) -> dict:
-    options = {"default_permissions": True, "hard_remove": True, "use_ino": True}
+    options = {"default_permissions": True, "use_ino": True}
     if not private and _allow_other_permitted():
         options["allow_other"] = True
     return options
