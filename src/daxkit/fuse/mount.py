@@ -480,7 +480,8 @@ def make_operations(fs, mfusepy):
         @handler
         @as_caller
         def open(self, path, flags):
-            return self._add(fs.open(path, flags & O_ACCMODE))  # O_TRUNC, O_APPEND: the kernel's
+            # O_TRUNC is ours (libfuse asks for atomic_o_trunc); O_APPEND is the kernel's
+            return self._add(fs.open(path, flags & (O_ACCMODE | os.O_TRUNC)))
 
         @handler
         def read(self, path, size, offset, fh):
