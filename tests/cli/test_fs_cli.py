@@ -21,6 +21,24 @@ def image(tmp_path):
     return p
 
 
+def test_ls_shows_symlinks_and_special_files(image):
+    import daxkit
+
+    with daxkit.open(image) as dev, daxkit.mount(dev) as fs:
+        fs.mkdir("/d")
+        fs.symlink("../elsewhere", "/d/l")
+        fs.mknod("/d/p", 0o10644)
+    rows = json.loads(ok("ls", image, "/d", "-l"))
+    assert rows == [{"name": "l", "type": "symlink", "size": 12, "target": "../elsewhere"},
+                    {"name": "p", "type": "fifo", "size": 0}]  # fmt: skip
+    with daxkit.open(image) as dev, daxkit.mount(dev) as fs:
+        fs.mkdir("/keep")
+        fs.mknod("/keep/f")
+        fs.symlink("/keep", "/d/to_keep")
+    ok("rm", image, "-r", "/d")  # removes the links, never what they point to
+    assert ok("ls", image, "/keep").split() == [b"f"]
+
+
 def test_put_get_ls_rm_round_trip(image, tmp_path):
     src = tmp_path / "in.bin"
     src.write_bytes(bytes(range(256)) * 100)

@@ -246,6 +246,10 @@ def cmd_mkfs(a) -> None:
             _emit({"image": a.image, **fs.statfs(), "redundancy": fs.redundancy})
 
 
+_LS_TYPES = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
+             stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFSOCK: "socket"}  # fmt: skip
+
+
 def cmd_ls(a) -> None:
     with _Mounted(a.image, readonly=True) as fs:
         st = fs.stat(a.path)
@@ -254,10 +258,12 @@ def cmd_ls(a) -> None:
             entries = fs.scandir(a.path)
         else:
             entries = [(a.path.rstrip("/").rsplit("/", 1)[-1], st)]
-        rows = [
-            {"name": name, "type": "dir" if stat.S_ISDIR(s.st_mode) else "file", "size": s.st_size}
-            for name, s in entries
-        ]
+        rows = []
+        for name, s in entries:
+            row = {"name": name, "type": _LS_TYPES.get(stat.S_IFMT(s.st_mode), "file"), "size": s.st_size}
+            if stat.S_ISLNK(s.st_mode):
+                row["target"] = fs.readlink(a.path.rstrip("/") + "/" + name)
+            rows.append(row)
     if a.long:
         _emit(rows)
     else:
@@ -302,7 +308,7 @@ def cmd_rm(a) -> None:
 
 
 def _remove(fs, path: str, recursive: bool) -> None:
-    if stat.S_ISDIR(fs.stat(path).st_mode):
+    if stat.S_ISDIR(fs.lstat(path).st_mode):  # a symlink is removed, never followed
         if recursive:
             for name in fs.listdir(path):
                 _remove(fs, f"{path.rstrip('/')}/{name}", True)
