@@ -2,6 +2,7 @@
 modes and their enforcement, times, name lengths; and the reports that name files."""
 
 import errno
+import os
 import stat
 
 import pytest
@@ -37,6 +38,7 @@ def test_symlink_readlink_lstat_and_following(fs):
     assert fs.listdir("/abs/") == ["f", "up"]
     assert err(fs.readlink, "/d/f") == errno.EINVAL
     assert err(fs.open, "/rel", follow_symlinks=False) == errno.ELOOP  # O_NOFOLLOW
+    assert err(fs.open, "/rel", os.O_RDONLY | os.O_NOFOLLOW) == errno.ELOOP
     assert err(fs.symlink, "x", "/rel") == errno.EEXIST
     assert err(fs.symlink, "", "/empty") == errno.ENOENT
     fs.unlink("/rel")  # removes the link, not its target
@@ -226,9 +228,15 @@ def test_modes_are_enforced_for_other_users(fs):
         with fs.open("/ro") as f:
             assert f.read() == b"r"
         assert err(fs.open, "/new", "w") == errno.EACCES  # / is 0755 root's
+        assert err(fs.open, "/ro", os.O_WRONLY) == errno.EACCES
         assert err(fs.unlink, "/ro") == errno.EACCES
     with fs.open("/priv/f") as f:  # root reads anything
         assert f.read() == b"secret"
+    fs.chmod("/ro", 0o622)
+    with fs.as_user(1000, 100):  # write-only access: os.open's flags, no read permission needed
+        with fs.open("/ro", os.O_WRONLY | os.O_TRUNC) as f:
+            f.write(b"w")
+    assert fs.stat("/ro").st_size == 1
 
 
 def test_the_sticky_bit_keeps_entries_to_their_owners(fs):
