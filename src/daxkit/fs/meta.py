@@ -153,8 +153,12 @@ class Inode:
         return node
 
     def copy(self) -> Inode:
-        other = Inode.from_json(self.ino, self.to_json())
+        other = Inode.__new__(Inode)
+        for name in Inode.__slots__:
+            setattr(other, name, getattr(self, name))
+        other.ext = [list(e) for e in self.ext]
         other.ents = None if self.ents is None else dict(self.ents)
+        other._starts = None
         return other
 
     # -- extents ------------------------------------------------------------------------------

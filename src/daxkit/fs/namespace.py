@@ -62,11 +62,11 @@ class Namespace:
 
     @contextlib.contextmanager
     def as_user(self, uid: int, gid: int, groups=()):
-        """Run this thread's operations as ``uid``:``gid`` with supplementary ``groups``: their
-        permissions are checked and what they create is theirs (the FUSE adapter runs each
-        request as its caller)."""
+        """Run this thread's operations as ``uid``:``gid`` with supplementary ``groups`` (ints, or
+        a callable returning them when a rule needs them): their permissions are checked and what
+        they create is theirs (the FUSE adapter runs each request as its caller)."""
         old = getattr(self._creds, "cred", None)
-        self._creds.cred = Cred(int(uid), int(gid), frozenset(int(g) for g in groups))
+        self._creds.cred = Cred(int(uid), int(gid), groups)
         try:
             yield self
         finally:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import stat as _stat
-from dataclasses import dataclass, field
 
 from .meta import Inode
 from .uapi import fs_error
@@ -24,15 +23,25 @@ from .uapi import fs_error
 MAY_EXEC, MAY_WRITE, MAY_READ = 1, 2, 4
 
 
-@dataclass(frozen=True)
 class Cred:
-    uid: int
-    gid: int
-    groups: frozenset = field(default_factory=frozenset)
+    """A caller: uid, gid and supplementary groups.  ``groups`` may be a callable, asked only
+    when a rule needs them (reading them costs a system call or a /proc read per request)."""
+
+    __slots__ = ("uid", "gid", "_groups")
+
+    def __init__(self, uid: int, gid: int, groups=()):
+        self.uid, self.gid = uid, gid
+        self._groups = groups if callable(groups) else frozenset(groups)
+
+    @property
+    def groups(self) -> frozenset:
+        if callable(self._groups):
+            self._groups = frozenset(self._groups())
+        return self._groups
 
     @classmethod
     def of_process(cls) -> Cred:
-        return cls(os.geteuid(), os.getegid(), frozenset(os.getgroups()))
+        return cls(os.geteuid(), os.getegid(), os.getgroups)
 
     @property
     def is_root(self) -> bool:

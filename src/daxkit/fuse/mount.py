@@ -119,13 +119,12 @@ def _groups_of(pid: int) -> tuple[int, ...]:
     return ()
 
 
-def _lexists(fs, path: str) -> bool:
+def _lstat_or_none(fs, path: str):
     try:
-        fs.lstat(path)
-        return True
+        return fs.lstat(path)
     except OSError as e:
         if e.errno == errno.ENOENT:
-            return False
+            return None
         raise
 
 
@@ -193,7 +192,7 @@ def make_operations(fs, mfusepy):
             ctx = _context(mfusepy)
             if ctx is None:  # called outside a request (tests): as the server
                 return fn(*args, **kwargs)
-            with fs.as_user(ctx[0], ctx[1], _groups_of(ctx[2])):
+            with fs.as_user(ctx[0], ctx[1], functools.partial(_groups_of, ctx[2])):
                 return fn(*args, **kwargs)
 
         return run
@@ -427,9 +426,9 @@ def make_operations(fs, mfusepy):
                 if st.st_nlink > 1:
                     self._changed(old, st.st_ino)
                 return 0
-            if flags & RENAME_NOREPLACE and _lexists(fs, new):
+            replaced = _lstat_or_none(fs, new)
+            if flags & RENAME_NOREPLACE and replaced is not None:
                 raise FuseOSError(errno.EEXIST)
-            replaced = fs.lstat(new) if _lexists(fs, new) else None
             fs.rename(old, new)
             if replaced is not None and replaced.st_nlink > 1 and not _stat.S_ISDIR(replaced.st_mode):
                 self._changed(new, replaced.st_ino)
