@@ -280,7 +280,7 @@ def _parity_story(path: str) -> None:
     dev.inject_error(a // daxkit.SECTOR_SIZE + 3, 1, notify=False)  # latent...
     dev.inject_error(b // daxkit.SECTOR_SIZE + 3, 1)  # ...then notified: the scrub finds both at once
     bad = [(file_off(o), n) for o, n in dev.poisoned_ranges()]
-    expected = [{"path": name, "offset": o, "length": n} for o, n in bad]
+    expected = [{"path": name, "paths": [name], "offset": o, "length": n} for o, n in bad]
     report = fs.repair()
     _check(
         sorted({o // P * P for o, _ in bad}) == [file_off(a), file_off(b)] and report.lost == expected,
