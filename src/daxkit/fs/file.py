@@ -70,7 +70,7 @@ class DaxFile:
     # included, takes the general path through the fsdax layer.
     def _window(self, node: Inode, off: int):
         i = bisect_right(node._starts or node.starts(), off >> _SHIFT) - 1
-        if i < 0:
+        if i < 0 or node.mode >= 0o2000:  # set-ID: a write may clear it, so it takes the checked path
             return None
         fb, db, cnt = node.ext[i]
         if off >= (fb + cnt) << _SHIFT:
@@ -121,9 +121,7 @@ class DaxFile:
         fs = self._fs
         with fs._lock:
             node = fs.meta.inodes.get(self.ino)
-            # (a set-ID file takes the checked path: a write may clear its S_ISUID/S_ISGID)
-            fast = fs._ok and self._fast_write and node is not None and node.mode < 0o2000
-            if fast and off >= 0 and not flags:
+            if fs._ok and self._fast_write and node is not None and off >= 0 and not flags:
                 n = data.nbytes if type(data) is memoryview else len(data)
                 if 0 < n and off + n <= node.size:
                     w = self._win
