@@ -16,7 +16,9 @@
  *   capsule, so poison (real or emulated) is met as a failed copy, never a signal.
  *
  *   The caller passes a direct_access view of the whole lower device, taken while no error was
- *   known there, and byte offsets into it; this module knows nothing of layouts.  Every load
+ *   known there, and byte offsets into it (a group's data pages, its parity page, its CRCs);
+ *   this module knows nothing else of layouts.  Parity comes from the pages replaced
+ *   (read-modify-write) or from the pages kept (reconstruct-write), whichever reads less.  Every load
  *   comes first: a fault or a CRC that does not match returns a negative code with nothing
  *   stored, and the caller takes its careful path, which finds out what is wrong and repairs it.
  *   Only pages whose loads succeeded are stored to (an emulated page with latent poison faults on
@@ -84,26 +86,43 @@ static int in_view(Py_ssize_t off, Py_ssize_t n, Py_ssize_t len)
     return off >= 0 && n >= 0 && off <= len - n;
 }
 
-/* The update itself, on checked arguments; no Python object is touched (runs without the GIL). */
-static int update(struct scratch *t, unsigned char *w, Py_ssize_t pos, Py_ssize_t ppos, Py_ssize_t cpos,
-                  Py_ssize_t slot, uint64_t word, const unsigned char *src, Py_ssize_t k, int full)
+/* The update itself, on checked arguments; no Python object is touched (runs without the GIL).
+ * The group's gk data pages start at gpos; src replaces its pages [first, first + k).  Parity
+ * comes either from the old pages being replaced (read-modify-write: k pages and the parity page
+ * read) or from the pages left as they are (reconstruct-write: gk - k pages read), whichever
+ * reads less, as md's raid5 chooses; every page read into parity is checked against its CRC. */
+static int update(struct scratch *t, unsigned char *w, Py_ssize_t gpos, Py_ssize_t gk, Py_ssize_t first,
+                  Py_ssize_t ppos, Py_ssize_t cpos, Py_ssize_t slot, uint64_t word, const unsigned char *src,
+                  Py_ssize_t k)
 {
-    /* Loads: every page stored to below is read first, so none of them can fault later. */
-    if (mc_copy((char *)t->want, (const char *)w + cpos, 4 * k) || mc_copy((char *)t->par, (const char *)w + ppos, PAGE)
-        || mc_copy((char *)t->old, (const char *)w + slot, 8)) {
+    int rmw = k < gk - k;
+    Py_ssize_t pos = gpos + first * PAGE;
+
+    /* Loads: every page stored to below is read first (or probed), so none of them can fault
+     * later (an emulated page with latent poison faults on stores as on loads). */
+    if (mc_copy((char *)t->want, (const char *)w + cpos, 4 * gk) || mc_copy((char *)t->old, (const char *)w + slot, 8))
         return FAULT;
-    }
-    if (full) {
-        /* the data pages are not loaded, yet stored to: probe one byte of each (an emulated
-         * page with latent poison faults on stores as on loads); parity comes from src alone */
-        for (Py_ssize_t i = 0; i < k; i++) {
-            if (mc_copy((char *)t->old, (const char *)w + pos + i * PAGE, 1))
+    if (rmw) {
+        if (mc_copy((char *)t->par, (const char *)w + ppos, PAGE))
+            return FAULT;
+        for (Py_ssize_t i = first; i < first + k; i++) {
+            if (mc_copy((char *)t->old, (const char *)w + gpos + i * PAGE, PAGE))
                 return FAULT;
+            if (crc32c(t->old, PAGE) != t->want[i])
+                return MISMATCH;
+            xor_into(t->par, t->old);
         }
-        memset(t->par, 0, PAGE);
     } else {
-        for (Py_ssize_t i = 0; i < k; i++) {
-            if (mc_copy((char *)t->old, (const char *)w + pos + i * PAGE, PAGE))
+        if (mc_copy((char *)t->old, (const char *)w + ppos, 1))
+            return FAULT;
+        memset(t->par, 0, PAGE);
+        for (Py_ssize_t i = 0; i < gk; i++) {
+            if (i >= first && i < first + k) {
+                if (mc_copy((char *)t->old, (const char *)w + gpos + i * PAGE, 1))
+                    return FAULT;
+                continue;
+            }
+            if (mc_copy((char *)t->old, (const char *)w + gpos + i * PAGE, PAGE))
                 return FAULT;
             if (crc32c(t->old, PAGE) != t->want[i])
                 return MISMATCH;
@@ -126,59 +145,59 @@ static int update(struct scratch *t, unsigned char *w, Py_ssize_t pos, Py_ssize_
     BARRIER();
     memcpy(w + ppos, t->par, PAGE);
     BARRIER();
-    memcpy(w + cpos, t->crcs, 4 * (size_t)k);
+    memcpy(w + cpos + 4 * first, t->crcs, 4 * (size_t)k);
     BARRIER();
     memcpy(w + slot, &zero, 8);
     return 0;
 }
 
 PyDoc_STRVAR(update_doc,
-"update(view, pos, ppos, cpos, slot, word, src, full) -> int\n\n"
-"Store src (k whole pages, k >= 1) at view[pos:], the pages of one parity group whose parity page\n"
-"is at view[ppos:] and whose CRC32C entries (little-endian u32, k of them) are at view[cpos:],\n"
-"with the update-in-flight word `word` at view[slot:] for its duration.  `full`: src is the whole\n"
-"group (parity comes from src alone, no old page is read).  Returns 0, or -1 when a load from\n"
-"the view faulted, -2 when an old page does not match its CRC, -4 when src lies in the view:\n"
-"then nothing was stored.");
+"update(view, gpos, gk, first, ppos, cpos, slot, word, src) -> int\n\n"
+"Store src (k whole pages) over pages [first, first + k) of one parity group: its gk data pages\n"
+"start at view[gpos:], its parity page is at view[ppos:], its CRC32C entries (little-endian u32,\n"
+"gk of them) at view[cpos:]; the update-in-flight word `word` stands at view[slot:] meanwhile.\n"
+"Returns 0, or -1 when a load from the view faulted, -2 when a page read into parity does not\n"
+"match its CRC, -4 when src lies in the view: then nothing was stored.");
+
+static int arg_ssize(PyObject *o, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(o);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
 
 static PyObject *py_update(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer v, s;
-    Py_ssize_t pos, ppos, cpos, slot, k;
+    Py_ssize_t gpos, gk, first, ppos, cpos, slot, k;
     unsigned long long word;
-    int full, rc = 0;
+    int rc = 0;
     struct scratch *t;
 
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "update() takes exactly 8 arguments");
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "update() takes exactly 9 arguments");
         return NULL;
     }
-    if ((pos = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred())
+    if (arg_ssize(args[1], &gpos) || arg_ssize(args[2], &gk) || arg_ssize(args[3], &first)
+        || arg_ssize(args[4], &ppos) || arg_ssize(args[5], &cpos) || arg_ssize(args[6], &slot))
         return NULL;
-    if ((ppos = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred())
-        return NULL;
-    if ((cpos = PyLong_AsSsize_t(args[3])) == -1 && PyErr_Occurred())
-        return NULL;
-    if ((slot = PyLong_AsSsize_t(args[4])) == -1 && PyErr_Occurred())
-        return NULL;
-    word = PyLong_AsUnsignedLongLong(args[5]);
+    word = PyLong_AsUnsignedLongLong(args[7]);
     if (word == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    if ((full = PyObject_IsTrue(args[7])) < 0)
         return NULL;
     if (!(t = scratch()))
         return NULL;
     if (PyObject_GetBuffer(args[0], &v, PyBUF_WRITABLE) < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[6], &s, PyBUF_SIMPLE) < 0) {
+    if (PyObject_GetBuffer(args[8], &s, PyBUF_SIMPLE) < 0) {
         PyBuffer_Release(&v);
         return NULL;
     }
     k = s.len / PAGE;
-    if (s.len % PAGE || k < 1 || k > MAX_GROUP || !in_view(pos, s.len, v.len) || !in_view(ppos, PAGE, v.len)
-        || !in_view(cpos, 4 * k, v.len) || !in_view(slot, 8, v.len) || slot % 8 || cpos % 4) {
-        PyErr_Format(PyExc_ValueError, "update: %zd bytes at %zd (parity %zd, crcs %zd, slot %zd) do not fit "
-                     "a view of %zd bytes as whole pages", s.len, pos, ppos, cpos, slot, v.len);
+    if (s.len % PAGE || k < 1 || gk < 1 || gk > MAX_GROUP || first < 0 || first > gk - k
+        || !in_view(gpos, gk * PAGE, v.len) || !in_view(ppos, PAGE, v.len) || !in_view(cpos, 4 * gk, v.len)
+        || !in_view(slot, 8, v.len) || slot % 8 || cpos % 4) {
+        PyErr_Format(PyExc_ValueError, "update: %zd bytes over pages %zd.. of a %zd-page group at %zd "
+                     "(parity %zd, crcs %zd, slot %zd) do not fit a view of %zd bytes as whole pages",
+                     s.len, first, gk, gpos, ppos, cpos, slot, v.len);
         rc = -3;
         goto out;
     }
@@ -187,10 +206,10 @@ static PyObject *py_update(PyObject *self, PyObject *const *args, Py_ssize_t nar
         goto out;
     }
     if (s.len < GIL_THRESHOLD) {
-        rc = update(t, v.buf, pos, ppos, cpos, slot, (uint64_t)word, s.buf, k, full);
+        rc = update(t, v.buf, gpos, gk, first, ppos, cpos, slot, (uint64_t)word, s.buf, k);
     } else {
         Py_BEGIN_ALLOW_THREADS
-        rc = update(t, v.buf, pos, ppos, cpos, slot, (uint64_t)word, s.buf, k, full);
+        rc = update(t, v.buf, gpos, gk, first, ppos, cpos, slot, (uint64_t)word, s.buf, k);
         Py_END_ALLOW_THREADS
     }
 out:

@@ -159,3 +159,37 @@ def test_a_store_from_the_device_itself_is_copied_as_memmove(held):
     assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))
     rep = dev.repair(verify=True)
     assert rep.lost == [] and rep.corrupt == []
+
+
+def test_a_flip_in_a_page_kept_by_a_reconstruct_write_is_not_taken_into_parity(held):
+    """12 of a group's 16 pages stored: parity comes from the 4 pages kept (fewer reads), each
+    checked against its CRC first; a flipped one declines the native call, the careful path
+    stores by read-modify-write (parity stays that of the page's true bytes), the scrub rebuilds
+    the flipped page, and the group protects every page again."""
+    dev, h = held
+    if dev._par._native is None:
+        pytest.skip("no native path")
+    seen = _count(dev)
+    g = 6
+    first = g * GROUP
+    kept = first + 14
+    dev.lower.store(bytes([dev.want[kept * P + 7] ^ 0x10]), lower_off(dev, kept * P + 7))
+    data = os.urandom(12 * P)
+    assert dev.store(data, first * P) == 12 * P
+    dev.want[first * P : (first + 12) * P] = data
+    assert seen == {-2: 1}
+    rep = dev.repair(verify=True)
+    assert [s // P for s, _ in rep.corrupt] == [kept] and rep.lost == []
+    span = first * P, GROUP * P
+    for victim in (first + 3, kept):  # one at a time: each is rebuilt from the others
+        dev.lower.inject_poison(lower_off(dev, victim * P), P)
+        assert read_all(dev, *span) == (GROUP * P, bytes(dev.want[span[0] : span[0] + span[1]]))
+    assert h.calls == []
+    seen.clear()
+    data = os.urandom(12 * P)  # and the native path takes the next store of the group
+    assert dev.store(data, (first + 4) * P) == 12 * P
+    dev.want[(first + 4) * P : (first + 16) * P] = data
+    assert seen == {0: 1}
+    rep = dev.repair(verify=True)
+    assert rep.lost == [] and rep.corrupt == []
+    assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))

@@ -254,17 +254,18 @@ class Parity:
         """Let go of the lower device's memory (its views keep its mapping, and its claim)."""
         self._state, self._view_gen, self._view = None, None, None
 
-    def _update_native(self, src, page: int, k: int, full: bool) -> bool:
+    def _update_native(self, src, page: int, k: int) -> bool:
         """Pages [page, page + k) of one group stored in one native call: True when done.
         False (nothing stored) sends the caller down the careful path: no view, an update in
         flight, a group under an open mapping, a load that faulted or a CRC that did not match."""
         g = page // self.G
         if self._inflight or g in self.pins or (view := self.window()) is None:
             return False
-        base = g * self.G
-        word = ((g << 26) | ((page - base) << 13) | (page + k - base)) + 1
-        pos, ppos, cpos = self.base + page * P, self._parity0 + g * P, self._csum0 + 4 * page
-        return not self._native(view, pos, ppos, cpos, self._slot, word, src, full)
+        a = g * self.G
+        gk = min(self.G, self.N - a)
+        word = ((g << 26) | ((page - a) << 13) | (page + k - a)) + 1
+        gpos, ppos, cpos = self.base + a * P, self._parity0 + g * P, self._csum0 + 4 * a
+        return not self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src)
 
     def update(self, src, off: int) -> None:
         """Store ``src`` at logical ``off`` keeping parity and CRCs current (lock held)."""
@@ -277,10 +278,11 @@ class Parity:
                 and (view := self._view if self._state is not None and self._state[0] == self._view_gen
                      else self.window()) is not None
             ):  # fmt: skip
-                base = g * self.G
-                word = ((g << 26) | ((page - base) << 13) | (page + 1 - base)) + 1
-                pos, ppos, cpos = self.base + off, self._parity0 + g * P, self._csum0 + 4 * page
-                if not self._native(view, pos, ppos, cpos, self._slot, word, src, 0):
+                a = g * self.G
+                gk = min(self.G, self.N - a)
+                word = ((g << 26) | ((page - a) << 13) | (page + 1 - a)) + 1
+                gpos, ppos, cpos = self.base + a * P, self._parity0 + g * P, self._csum0 + 4 * a
+                if not self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src):
                     return  # stored, and the in-flight word cleared again
             self._update_page(src, page)
         else:
@@ -333,7 +335,7 @@ class Parity:
         lo, k = self.lo, b - a
         full = off == a * P and src.nbytes == k * P
         whole = (a, b) == self.geo.group_pages(g)
-        if full and retry and self._native is not None and self._update_native(src, a, k, whole):
+        if full and retry and self._native is not None and self._update_native(src, a, k):
             return
         if full and whole:
             # The whole group is new: its parity comes from the new data alone.
