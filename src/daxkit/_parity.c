@@ -165,29 +165,20 @@ static int arg_ssize(PyObject *o, Py_ssize_t *out)
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
-static PyObject *py_update(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* Borrow the buffers, check every position against the view, run update(), release. */
+static PyObject *call_update(PyObject *view, PyObject *src, Py_ssize_t gpos, Py_ssize_t gk, Py_ssize_t first,
+                             Py_ssize_t ppos, Py_ssize_t cpos, Py_ssize_t slot, uint64_t word)
 {
     Py_buffer v, s;
-    Py_ssize_t gpos, gk, first, ppos, cpos, slot, k;
-    unsigned long long word;
+    Py_ssize_t k;
     int rc = 0;
     struct scratch *t;
 
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "update() takes exactly 9 arguments");
-        return NULL;
-    }
-    if (arg_ssize(args[1], &gpos) || arg_ssize(args[2], &gk) || arg_ssize(args[3], &first)
-        || arg_ssize(args[4], &ppos) || arg_ssize(args[5], &cpos) || arg_ssize(args[6], &slot))
-        return NULL;
-    word = PyLong_AsUnsignedLongLong(args[7]);
-    if (word == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
     if (!(t = scratch()))
         return NULL;
-    if (PyObject_GetBuffer(args[0], &v, PyBUF_WRITABLE) < 0)
+    if (PyObject_GetBuffer(view, &v, PyBUF_WRITABLE) < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[8], &s, PyBUF_SIMPLE) < 0) {
+    if (PyObject_GetBuffer(src, &s, PyBUF_SIMPLE) < 0) {
         PyBuffer_Release(&v);
         return NULL;
     }
@@ -199,20 +190,15 @@ static PyObject *py_update(PyObject *self, PyObject *const *args, Py_ssize_t nar
                      "(parity %zd, crcs %zd, slot %zd) do not fit a view of %zd bytes as whole pages",
                      s.len, first, gk, gpos, ppos, cpos, slot, v.len);
         rc = -3;
-        goto out;
-    }
-    if ((const char *)s.buf < (const char *)v.buf + v.len && (const char *)v.buf < (const char *)s.buf + s.len) {
+    } else if ((const char *)s.buf < (const char *)v.buf + v.len && (const char *)v.buf < (const char *)s.buf + s.len) {
         rc = DECLINED; /* src lies in the device itself: the careful path copies it as memmove does */
-        goto out;
-    }
-    if (s.len < GIL_THRESHOLD) {
-        rc = update(t, v.buf, gpos, gk, first, ppos, cpos, slot, (uint64_t)word, s.buf, k);
+    } else if (s.len < GIL_THRESHOLD) {
+        rc = update(t, v.buf, gpos, gk, first, ppos, cpos, slot, word, s.buf, k);
     } else {
         Py_BEGIN_ALLOW_THREADS
-        rc = update(t, v.buf, gpos, gk, first, ppos, cpos, slot, (uint64_t)word, s.buf, k);
+        rc = update(t, v.buf, gpos, gk, first, ppos, cpos, slot, word, s.buf, k);
         Py_END_ALLOW_THREADS
     }
-out:
     PyBuffer_Release(&s);
     PyBuffer_Release(&v);
     if (rc == -3)
@@ -220,8 +206,59 @@ out:
     return PyLong_FromLong(rc);
 }
 
+static PyObject *py_update(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t gpos, gk, first, ppos, cpos, slot;
+    unsigned long long word;
+
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "update() takes exactly 9 arguments");
+        return NULL;
+    }
+    if (arg_ssize(args[1], &gpos) || arg_ssize(args[2], &gk) || arg_ssize(args[3], &first)
+        || arg_ssize(args[4], &ppos) || arg_ssize(args[5], &cpos) || arg_ssize(args[6], &slot))
+        return NULL;
+    word = PyLong_AsUnsignedLongLong(args[7]);
+    if (word == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return call_update(args[0], args[8], gpos, gk, first, ppos, cpos, slot, (uint64_t)word);
+}
+
+PyDoc_STRVAR(store_page_doc,
+"store_page(view, off, src, layout) -> int\n\n"
+"update() for the common case, one whole page at logical byte off, the positions worked out\n"
+"here from layout = (data_start, parity_start, csum_start, slot, group, ndata), all bytes but\n"
+"group and ndata (pages): the logical page L is at data_start + L * 4096, group g's parity page\n"
+"at parity_start + g * 4096, page L's CRC at csum_start + 4 * L.  Same returns as update().");
+
+static PyObject *py_store_page(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t off, lay[6];
+
+    if (nargs != 4 || !PyTuple_Check(args[3]) || PyTuple_GET_SIZE(args[3]) != 6) {
+        PyErr_SetString(PyExc_TypeError, "store_page(view, off, src, layout) takes a 6-tuple layout");
+        return NULL;
+    }
+    if (arg_ssize(args[1], &off))
+        return NULL;
+    for (int i = 0; i < 6; i++) {
+        if (arg_ssize(PyTuple_GET_ITEM(args[3], i), &lay[i]))
+            return NULL;
+    }
+    if (off < 0 || off % PAGE || lay[4] < 1 || off / PAGE >= lay[5]) {
+        PyErr_Format(PyExc_ValueError, "store_page: offset %zd is not a page of the data area", off);
+        return NULL;
+    }
+    Py_ssize_t page = off / PAGE, g = page / lay[4], a = g * lay[4];
+    Py_ssize_t gk = lay[5] - a < lay[4] ? lay[5] - a : lay[4];
+    uint64_t word = (((uint64_t)g << 26) | ((uint64_t)(page - a) << 13) | (uint64_t)(page + 1 - a)) + 1;
+    return call_update(args[0], args[2], lay[0] + a * PAGE, gk, page - a, lay[1] + g * PAGE, lay[2] + 4 * a, lay[3],
+                       word);
+}
+
 static PyMethodDef parity_methods[] = {
     {"update", (PyCFunction)(void (*)(void))py_update, METH_FASTCALL, update_doc},
+    {"store_page", (PyCFunction)(void (*)(void))py_store_page, METH_FASTCALL, store_page_doc},
     {NULL, NULL, 0, NULL},
 };
 

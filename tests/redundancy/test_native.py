@@ -28,14 +28,17 @@ def test_the_native_path_is_built_where_isal_is_installed():
 def _count(dev) -> dict:
     """Wrap the device's native call: how often it stored (0) and declined (-1 fault, -2 CRC)."""
     seen: dict = {}
-    native = dev._par._native
 
-    def counted(*args):
-        r = native(*args)
-        seen[r] = seen.get(r, 0) + 1
-        return r
+    def counting(fn):
+        def counted(*args):
+            r = fn(*args)
+            seen[r] = seen.get(r, 0) + 1
+            return r
 
-    dev._par._native = counted
+        return counted
+
+    dev._par._native = counting(dev._par._native)
+    dev._par._native_page = counting(dev._par._native_page)
     return seen
 
 
@@ -45,7 +48,7 @@ def _pair(tmp_path):
         lower = daxkit.create(str(tmp_path / f"{name}.img"), 4 * MiB)
         format_parity(lower, group=GROUP)
         devs.append(ParityDevice(lower))
-    devs[1]._par._native = None
+    devs[1]._par._native = devs[1]._par._native_page = None
     return devs
 
 

@@ -59,9 +59,10 @@ from ..units import PAGE_SIZE
 from .layout import INTENT_SIZE, Geometry, pack_header, pack_intent, unpack_intent
 
 try:  # the store path in one native call (ISA-L's CRC32C); without it, the same steps in Python
+    from .._parity import store_page as _native_page
     from .._parity import update as _native_update
 except ImportError:  # pragma: no cover - built wherever libisal-dev is installed
-    _native_update = None
+    _native_update = _native_page = None
 
 P = PAGE_SIZE
 WORDS = P // 8
@@ -117,6 +118,8 @@ class Parity:
         # The native store path works on a direct_access view of the whole lower device, taken
         # while nothing is known bad there and kept while the lower device's state word holds.
         self._native = _native_update if not readonly else None
+        self._native_page = _native_page if not readonly else None
+        self._layout = (self.base, self._parity0, self._csum0, self._slot, self.G, self.N)
         self._state: memoryview | None = None  # lower.state_word, taken with the view
         self._view_gen: int | None = None
         self._view: memoryview | None = None
@@ -271,19 +274,15 @@ class Parity:
         """Store ``src`` at logical ``off`` keeping parity and CRCs current (lock held)."""
         n = src.nbytes if type(src) is memoryview else len(src)
         if n == P and not off % P:
-            page = off // P
-            g = page // self.G
-            if (  # the native store path, inline: nothing in flight, no mapping, a current view
-                self._native is not None and not self._inflight and g not in self.pins
+            if (  # the native store path: nothing in flight, no mapping over the group, a current view
+                self._native_page is not None and not self._inflight
+                and (not self.pins or off // P // self.G not in self.pins)
                 and (view := self._view if self._state is not None and self._state[0] == self._view_gen
                      else self.window()) is not None
+                and not self._native_page(view, off, src, self._layout)
             ):  # fmt: skip
-                a = g * self.G
-                gk = min(self.G, self.N - a)
-                word = ((g << 26) | ((page - a) << 13) | (page + 1 - a)) + 1
-                gpos, ppos, cpos = self.base + a * P, self._parity0 + g * P, self._csum0 + 4 * a
-                if not self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src):
-                    return  # stored, and the in-flight word cleared again
+                return  # stored, and the in-flight word cleared again
+            page = off // P
             self._update_page(src, page)
         else:
             self._update_range(memoryview(src).cast("B"), off, n)
