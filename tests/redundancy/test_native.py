@@ -166,9 +166,8 @@ def test_a_store_from_the_device_itself_is_copied_as_memmove(held):
 
 def test_a_flip_in_a_page_kept_by_a_reconstruct_write_is_not_taken_into_parity(held):
     """12 of a group's 16 pages stored: parity comes from the 4 pages kept (fewer reads), each
-    checked against its CRC first; a flipped one declines the native call, the careful path
-    stores by read-modify-write (parity stays that of the page's true bytes), the scrub rebuilds
-    the flipped page, and the group protects every page again."""
+    checked against its CRC first; a flipped one declines the native call, the group is scrubbed
+    (the flipped page rebuilt) before the careful path stores, and it protects every page."""
     dev, h = held
     if dev._par._native is None:
         pytest.skip("no native path")
@@ -181,8 +180,11 @@ def test_a_flip_in_a_page_kept_by_a_reconstruct_write_is_not_taken_into_parity(h
     assert dev.store(data, first * P) == 12 * P
     dev.want[first * P : (first + 12) * P] = data
     assert seen == {-2: 1}
+    on_medium = bytearray(P)
+    assert dev.lower.mc_read(on_medium, lower_off(dev, kept * P)) == P
+    assert on_medium == dev.want[kept * P : kept * P + P]  # rebuilt by the store, before any repair
     rep = dev.repair(verify=True)
-    assert [s // P for s, _ in rep.corrupt] == [kept] and rep.lost == []
+    assert [s // P for s, _ in rep.corrupt] == [kept] and rep.lost == []  # and reported
     span = first * P, GROUP * P
     for victim in (first + 3, kept):  # one at a time: each is rebuilt from the others
         dev.lower.inject_poison(lower_off(dev, victim * P), P)

@@ -64,6 +64,7 @@ try:  # the store path in one native call (ISA-L's CRC32C); without it, the same
 except ImportError:  # pragma: no cover - built wherever libisal-dev is installed
     _native_update = _native_page = None
 
+NATIVE_MISMATCH, NATIVE_DECLINED = -2, -4  # the native call's refusals (see _parity.c)
 P = PAGE_SIZE
 WORDS = P // 8
 LE32 = np.dtype("<u4")  # the CRC table, as stored
@@ -257,18 +258,19 @@ class Parity:
         """Let go of the lower device's memory (its views keep its mapping, and its claim)."""
         self._state, self._view_gen, self._view = None, None, None
 
-    def _update_native(self, src, page: int, k: int) -> bool:
-        """Pages [page, page + k) of one group stored in one native call: True when done.
-        False (nothing stored) sends the caller down the careful path: no view, an update in
-        flight, a group under an open mapping, a load that faulted or a CRC that did not match."""
+    def _update_native(self, src, page: int, k: int) -> int:
+        """Pages [page, page + k) of one group stored in one native call: 0 when done.  Else
+        (nothing stored) the caller takes the careful path: no view, an update in flight, a
+        group under an open mapping (NATIVE_DECLINED), a load that faulted, or a page read into
+        parity that does not match its CRC (NATIVE_MISMATCH)."""
         g = page // self.G
         if self._inflight or g in self.pins or (view := self.window()) is None:
-            return False
+            return NATIVE_DECLINED
         a = g * self.G
         gk = min(self.G, self.N - a)
         word = ((g << 26) | ((page - a) << 13) | (page + k - a)) + 1
         gpos, ppos, cpos = self.base + a * P, self._parity0 + g * P, self._csum0 + 4 * a
-        return not self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src)
+        return self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src)
 
     def update(self, src, off: int) -> None:
         """Store ``src`` at logical ``off`` keeping parity and CRCs current (lock held)."""
@@ -279,11 +281,13 @@ class Parity:
                 and (not self.pins or off // P // self.G not in self.pins)
                 and (view := self._view if self._state is not None and self._state[0] == self._view_gen
                      else self.window()) is not None
-                and not self._native_page(view, off, src, self._layout)
             ):  # fmt: skip
-                return  # stored, and the in-flight word cleared again
-            page = off // P
-            self._update_page(src, page)
+                rc = self._native_page(view, off, src, self._layout)
+                if not rc:
+                    return  # stored, and the in-flight word cleared again
+                if rc == NATIVE_MISMATCH:
+                    self.verify(off // P // self.G)  # silent corruption in the group: scrub it first
+            self._update_page(src, off // P)
         else:
             self._update_range(memoryview(src).cast("B"), off, n)
         # Done: no longer in flight.  A word left standing would make a crash later take this
@@ -334,8 +338,12 @@ class Parity:
         lo, k = self.lo, b - a
         full = off == a * P and src.nbytes == k * P
         whole = (a, b) == self.geo.group_pages(g)
-        if full and retry and self._native is not None and self._update_native(src, a, k):
-            return
+        if full and retry and self._native is not None:
+            rc = self._update_native(src, a, k)
+            if not rc:
+                return
+            if rc == NATIVE_MISMATCH:
+                self.verify(g)  # silent corruption in the group: scrub it first
         if full and whole:
             # The whole group is new: its parity comes from the new data alone.
             self.begin(g, a, b)
