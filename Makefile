@@ -10,9 +10,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Debian packages: fuse3 + libfuse3-dev + pkg-config (the FUSE mount), fio (the FUSE fio test),
-# strace (copy_mc's no-system-call check). Installed when missing and we are root with apt-get;
+# strace (copy_mc's no-system-call check), libisal-dev (ISA-L's CRC32C: the parity store path,
+# src/daxkit/_parity.c; without it that path runs in Python). Installed when missing and we are root with apt-get;
 # elsewhere the tests that need them skip.
-SYSDEPS := fuse3 libfuse3-dev pkg-config fio strace
+SYSDEPS := fuse3 libfuse3-dev pkg-config fio strace libisal-dev
 
 sysdeps:
 	@missing=""; for p in $(SYSDEPS); do \

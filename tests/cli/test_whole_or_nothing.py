@@ -4,6 +4,8 @@ a failed `put`, `read -o` or `create` leaves nothing half-made behind (issue 6, 
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -183,3 +185,25 @@ def test_signal_while_putting_leaves_nothing(tmp_path, monkeypatch, capsys, sigt
     assert fs_names(img) == ["f"]
     with daxkit.open(img) as dev, daxkit.mount(dev, readonly=True) as fs, fs.open("/f") as f:
         assert f.read() == b"old"
+
+
+def test_a_put_killed_midway_leaves_a_temporary_the_next_put_removes(tmp_path):
+    """SIGKILL cannot be caught: a put killed after making its temporary leaves it behind.  The
+    next put into that directory holds the filesystem's only write claim, so every temporary of
+    a put that it finds there is a dead one's, and it removes them (names of that exact shape
+    only)."""
+    img = fs_image(tmp_path / "fs.img", files={"/d/": b"", "/d/keep": b"k", "/d/.daxkit-put-notes": b"n"})
+    killer = (
+        "import os, signal, sys\n"
+        "import daxkit\n"
+        "from daxkit.cli.main import main\n"
+        "daxkit.DaxFile.fsync = lambda self: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"sys.exit(main(['put', {img!r}, '-', '/d/f']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", killer], input=b"data", capture_output=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    left = [n for n in fs_names(img, "/d") if n.startswith(".daxkit-put-") and n != ".daxkit-put-notes"]
+    assert len(left) == 1  # the dead put's temporary
+    r = daxkit_cli("put", img, "-", "/d/g", input=b"x")
+    assert r.returncode == 0, r.stderr
+    assert sorted(fs_names(img, "/d")) == [".daxkit-put-notes", "g", "keep"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import re
 import secrets
 import signal
 import stat
@@ -164,6 +165,21 @@ def write_local(dst: str | None, data) -> None:
             raise
 
 
+_PUT_TEMP = re.compile(r"\.daxkit-put-\d+-[0-9a-f]{8}")
+
+
+def _sweep_dead_puts(fs, parent: str) -> None:
+    """Temporaries that a put killed by SIGKILL left in ``parent``.  This put holds the
+    filesystem's only read-write claim, so no other put is running on it: every name of that
+    exact shape is a dead one's."""
+    for name in fs.listdir(parent):
+        if _PUT_TEMP.fullmatch(name):
+            try:
+                fs.unlink(f"{parent.rstrip('/')}/{name}")
+            except DaxError:
+                pass  # not a file after all (or already gone): leave it
+
+
 def write_fs(fs, dst: str, data) -> int:
     """Make ``dst`` inside the filesystem hold ``data`` whole, or leave it as it was: written
     under a temporary name in its directory, fsynced, then renamed over it (an existing file's
@@ -180,6 +196,7 @@ def write_fs(fs, dst: str, data) -> int:
     if old is not None and stat.S_ISDIR(old.st_mode):
         raise DaxError("is a directory", errno=errno.EISDIR, path=dst)
     with signals.critical():
+        _sweep_dead_puts(fs, parent)
         tmp = None
         try:
             for _ in range(8):

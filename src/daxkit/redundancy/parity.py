@@ -30,6 +30,11 @@ Theory of operation
   ``update`` is the store path: read the old page, the parity page and the old CRC
   (machine-check-safe), name the update in flight, parity ^= old ^ new, store data, parity and
   the new CRC.
+  Where daxkit._parity is built (ISA-L's CRC32C), a store of whole pages is those same steps in
+  one native call on a direct_access view of the lower device, taken while nothing is known bad
+  there and kept while its state word holds still; every load in it is machine-check-safe, and
+  it stores nothing unless every load succeeded and every old CRC matched.  Anything it declines
+  takes the Python steps, which find out why.
   Anything unusual on the way -- poison in a page it reads, a CRC that does not match the old
   data -- sends it to ``_update_slow``, which repairs or verifies the group first and retries, or,
   when the group has a page that cannot be rebuilt, writes through and recomputes.
@@ -48,10 +53,18 @@ import crc32c
 import numpy as np
 
 from ..device.interface import RECOVERY_WRITE
+from ..errors import DaxError
 from ..medium import ranges
 from ..units import PAGE_SIZE
 from .layout import INTENT_SIZE, Geometry, pack_header, pack_intent, unpack_intent
 
+try:  # the store path in one native call (ISA-L's CRC32C); without it, the same steps in Python
+    from .._parity import store_page as _native_page
+    from .._parity import update as _native_update
+except ImportError:  # pragma: no cover - built wherever libisal-dev is installed
+    _native_update = _native_page = None
+
+NATIVE_MISMATCH, NATIVE_DECLINED = -2, -4  # the native call's refusals (see _parity.c)
 P = PAGE_SIZE
 WORDS = P // 8
 LE32 = np.dtype("<u4")  # the CRC table, as stored
@@ -103,6 +116,14 @@ class Parity:
         self._par = np.zeros(WORDS, np.uint64)
         self._par_mv = memoryview(self._par).cast("B")
         self._crcbuf = bytearray(4)
+        # The native store path works on a direct_access view of the whole lower device, taken
+        # while nothing is known bad there and kept while the lower device's state word holds.
+        self._native = _native_update if not readonly else None
+        self._native_page = _native_page if not readonly else None
+        self._layout = (self.base, self._parity0, self._csum0, self._slot, self.G, self.N)
+        self._state: memoryview | None = None  # lower.state_word, taken with the view
+        self._view_gen: int | None = None
+        self._view: memoryview | None = None
 
     # -- positions on the lower device (bytes) ----------------------------------------------------
     def data_pos(self, page: int) -> int:
@@ -216,10 +237,56 @@ class Parity:
         self.lo.recovery_write(lower_page, 0, data)
 
     # -- the store path ------------------------------------------------------------------------------
+    def window(self) -> memoryview | None:
+        """A view of the whole lower device for the native store path, or None while anything
+        is known bad on it (then every store takes the careful path, as it must near poison)."""
+        if self._state is None:
+            self._state = self.lo.state_word
+        gen = self._state[0]
+        if gen != self._view_gen:
+            self._view_gen, self._view = gen, None
+            n = self.lo.size // P
+            try:
+                avail, view = self.lo.direct_access(0, n)
+            except DaxError:
+                return None
+            if avail == n:
+                self._view = view
+        return self._view
+
+    def drop_window(self) -> None:
+        """Let go of the lower device's memory (its views keep its mapping, and its claim)."""
+        self._state, self._view_gen, self._view = None, None, None
+
+    def _update_native(self, src, page: int, k: int) -> int:
+        """Pages [page, page + k) of one group stored in one native call: 0 when done.  Else
+        (nothing stored) the caller takes the careful path: no view, an update in flight, a
+        group under an open mapping (NATIVE_DECLINED), a load that faulted, or a page read into
+        parity that does not match its CRC (NATIVE_MISMATCH)."""
+        g = page // self.G
+        if self._inflight or g in self.pins or (view := self.window()) is None:
+            return NATIVE_DECLINED
+        a = g * self.G
+        gk = min(self.G, self.N - a)
+        word = ((g << 26) | ((page - a) << 13) | (page + k - a)) + 1
+        gpos, ppos, cpos = self.base + a * P, self._parity0 + g * P, self._csum0 + 4 * a
+        return self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src)
+
     def update(self, src, off: int) -> None:
         """Store ``src`` at logical ``off`` keeping parity and CRCs current (lock held)."""
         n = src.nbytes if type(src) is memoryview else len(src)
         if n == P and not off % P:
+            if (  # the native store path: nothing in flight, no mapping over the group, a current view
+                self._native_page is not None and not self._inflight
+                and (not self.pins or off // P // self.G not in self.pins)
+                and (view := self._view if self._state is not None and self._state[0] == self._view_gen
+                     else self.window()) is not None
+            ):  # fmt: skip
+                rc = self._native_page(view, off, src, self._layout)
+                if not rc:
+                    return  # stored, and the in-flight word cleared again
+                if rc == NATIVE_MISMATCH:
+                    self.verify(off // P // self.G)  # silent corruption in the group: scrub it first
             self._update_page(src, off // P)
         else:
             self._update_range(memoryview(src).cast("B"), off, n)
@@ -228,7 +295,8 @@ class Parity:
         self.settle()
 
     def _update_page(self, src, page: int) -> None:
-        """The common case, one whole page: 3 safe loads, 2 XORs, 3 stores, 2 CRCs.  The old
+        """One whole page in Python (the native path declined or is not built): 3 safe loads,
+        2 XORs, 3 stores, 2 CRCs.  The old
         page's CRC is checked although none of its bytes survive the store: parity ^= old
         must not take silent corruption of the old page into parity."""
         g = page // self.G
@@ -269,7 +337,14 @@ class Parity:
     def _update_group(self, g: int, a: int, b: int, src: memoryview, off: int, *, retry: bool = True) -> None:
         lo, k = self.lo, b - a
         full = off == a * P and src.nbytes == k * P
-        if full and (a, b) == self.geo.group_pages(g):
+        whole = (a, b) == self.geo.group_pages(g)
+        if full and retry and self._native is not None:
+            rc = self._update_native(src, a, k)
+            if not rc:
+                return
+            if rc == NATIVE_MISMATCH:
+                self.verify(g)  # silent corruption in the group: scrub it first
+        if full and whole:
             # The whole group is new: its parity comes from the new data alone.
             self.begin(g, a, b)
             lo.store(src, self.data_pos(a))
