@@ -287,6 +287,18 @@ def test_times_are_apart_in_nanoseconds_and_ctime_moves_on_every_change(fs):
     assert st.st_atime_ns == 5 and st.st_mtime_ns > 6
 
 
+def test_atime_moves_as_on_a_relatime_mount(fs):
+    write_file(fs, "/f", b"data")
+    fs.utime("/f", (1_000, 2_000))  # atime before mtime: the next read moves it
+    with fs.open("/f") as f:
+        f.read()
+    first = fs.stat("/f").st_atime_ns
+    assert first > 2_000 and fs.stat("/f").st_mtime_ns == 2_000
+    with fs.open("/f") as f:  # atime after every change and not a day old: kept
+        f.read()
+    assert fs.stat("/f").st_atime_ns == first
+
+
 def test_utime_permissions(fs):
     fs.mkdir("/pub", 0o777)
     write_file(fs, "/pub/f", b"")

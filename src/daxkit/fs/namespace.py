@@ -19,7 +19,7 @@ import os
 import stat as statmod
 import time
 
-from ..errors import DaxError, InvalidArgument
+from ..errors import DaxError, InvalidArgument, NoSpace
 from ..units import PAGE_SIZE
 from .file import DaxFile
 from .meta import ID_MAX, KIND_OF_MODE, PATH_MAX, Inode, check_name
@@ -42,6 +42,7 @@ P = PAGE_SIZE
 # open()'s modes: (readable, writable, create, truncate: 1, or exclusive create: 2)
 OPEN_MODES = {"r": (1, 0, 0, 0), "r+": (1, 1, 0, 0), "w": (0, 1, 1, 1), "w+": (1, 1, 1, 1),
               "a": (0, 1, 1, 0), "a+": (1, 1, 1, 0), "x": (0, 1, 1, 2), "x+": (1, 1, 1, 2)}  # fmt: skip
+RELATIME_NS = 24 * 3600 * 10**9
 LINK_MAX = 65000  # ext4's EXT4_LINK_MAX: a file's names, a directory's subdirectories
 
 
@@ -450,7 +451,24 @@ class Namespace:
                 require(cred, node, (MAY_READ if readable else 0) | (MAY_WRITE if writable else 0), path)
                 if trunc == 1 and (node.size or node.ext):
                     self._truncate(node.ino, 0)
+                elif readable and not self.readonly:
+                    self._relatime(node)
             return DaxFile(self, node.ino, path, bool(readable), bool(writable), append)
+
+    def _relatime(self, node: Inode) -> None:
+        """atime as a relatime mount keeps it (the Linux default), set when a file is opened for
+        reading rather than at each read, which keeps the fast read path free of metadata: moved
+        only when it is not after the last change, or a day old, so a file read over and over
+        costs one record per change."""
+        now = time.time_ns()
+        if node.atime > node.mtime and node.atime > node.ctime and now - node.atime < RELATIME_NS:
+            return
+        tmp = node.copy()
+        tmp.atime = now
+        try:
+            self._commit([["i", tmp.ino, tmp.to_json()]], use_reserve=True)
+        except NoSpace:
+            pass  # an atime is never worth failing an open for
 
     def _inode(self, ino: int) -> Inode:
         node = self.meta.inodes.get(ino)
