@@ -252,13 +252,18 @@ def run_both(peer, dax, seed: int, count: int) -> int:
     return compared
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+# DAXKIT_TMPFS_SEEDS=N runs N more seeds (2,000 operations each) beside the three quick ones
+EXTRA_SEEDS = int(os.environ.get("DAXKIT_TMPFS_SEEDS", "0"))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3] + list(range(100, 100 + EXTRA_SEEDS)))
 def test_api_matches_tmpfs(tmp_path, seed):
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as peer_root:
         dev = daxkit.create(str(tmp_path / "dax.img"), "32M")
         daxkit.mkfs(dev)
         with daxkit.mount(dev) as fs:
-            assert run_both(OsDriver(peer_root), ApiDriver(fs), seed, 400) == 400
+            count = 400 if seed < 100 else 2000
+            assert run_both(OsDriver(peer_root), ApiDriver(fs), seed, count) == count
         assert daxkit.fsck(dev)["clean"]
         dev.close()
 
