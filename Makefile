@@ -12,7 +12,7 @@ $(BIN)/python:
 # Debian packages: fuse3 + libfuse3-dev + pkg-config (the FUSE mount), fio (the FUSE fio test),
 # strace (copy_mc's no-system-call check). Installed when missing and we are root with apt-get;
 # elsewhere the tests that need them skip.
-SYSDEPS := fuse3 libfuse3-dev pkg-config fio strace
+SYSDEPS := fuse3 libfuse3-dev pkg-config fio strace e2fsprogs xfsprogs util-linux
 
 sysdeps:
 	@missing=""; for p in $(SYSDEPS); do \

@@ -1,0 +1,112 @@
+"""A regular file on a file system (DAX-mounted or not).
+
+Mapped with MAP_SHARED_VALIDATE|MAP_SYNC where the file system supports it (a DAX mount), plain
+MAP_SHARED + msync otherwise.  Known errors: the badblocks of the block device under the file
+system (``st_dev`` major:minor against ``block/*/dev``) met with the file's extents from
+FS_IOC_FIEMAP, as file ranges.  A file on a device sysfs does not list (tmpfs, a network file
+system) has no known errors: libpmem2's badblocks_none.
+
+Clearing (libpmem2's pmem2_badblock_clear_fsdax, plus a quarantine): a page-aligned write and
+fdatasync -- on a DAX mount the kernel's recovery write clears the medium -- then the file's
+extents are checked against the list again.  Where the file still sits on a listed sector, its
+blocks there are first cloned into a quarantine file (FICLONERANGE, where the file system has
+reflink: XFS), so the bad block stays owned and cannot be handed out again, then punched
+out of the file and allocated afresh (fallocate), and the data is written again.  Without
+reflink (ext4) the freed block is only held back until the file system reuses it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import struct
+from contextlib import suppress
+
+from ...units import PAGE_SIZE, SECTOR_SIZE, align_down, align_up
+from .fiemap import file_extents
+from .real import RealBackend, open_fd
+from .sysfs import BlockDevice, Runs, device_runs, file_bad_ranges, find_block_device
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FICLONERANGE = 0x4020940D  # _IOW(0x94, 13, struct file_clone_range)
+QUARANTINE = ".daxkit-quarantine"  # beside the file: the bad blocks it no longer uses
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"fallocate: {os.strerror(err)}")
+
+
+class FileBackend(RealBackend):
+    kind = "file"
+    map_sync = True
+
+    def __init__(self, path: str, *, readonly: bool, sysfs_root: str):
+        fd = open_fd(path, readonly)
+        try:
+            st = os.fstat(fd)
+            size = st.st_size // PAGE_SIZE * PAGE_SIZE
+            blk = st.st_blksize if st.st_blksize and not st.st_blksize & (st.st_blksize - 1) else PAGE_SIZE
+            number = os.major(st.st_dev), os.minor(st.st_dev)
+            self.dev: BlockDevice | None = find_block_device(sysfs_root, *number)
+            self.quarantined = 0  # bytes of bad blocks moved into the quarantine file by this open
+            super().__init__(path, fd, size, min(max(blk, SECTOR_SIZE), PAGE_SIZE), readonly)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def hardware_runs(self) -> Runs:
+        if self.dev is None:
+            return []
+        dev_runs = device_runs(self.dev)
+        if not dev_runs:
+            return []  # no FIEMAP while nothing is listed: the common case costs one small read
+        bad = file_bad_ranges(file_extents(self.fd, self.size), dev_runs)
+        return [(s // SECTOR_SIZE, (align_up(s + n, SECTOR_SIZE) - s) // SECTOR_SIZE) for s, n in bad]
+
+    def watched(self) -> list[str]:
+        return [self.dev.badblocks] if self.dev is not None else []
+
+    def write_clearing(self, data, offset: int) -> None:
+        view = memoryview(data).cast("B")
+        n = self.medium_write(view, offset)
+        os.fdatasync(self.fd)
+        left = self.hardware_bad(offset, n)
+        if not left:
+            return
+        for s, length in left:  # the file still sits on a listed sector: move off it
+            start = max(offset, align_down(s, self.clear_err_unit))
+            end = min(offset + n, align_up(s + length, self.clear_err_unit))
+            self._relocate(start, end, view[start - offset : end - offset])
+        self._check_cleared(offset, n, "the file was written and moved off its bad blocks")
+
+    def _relocate(self, start: int, end: int, data) -> None:
+        self._quarantine(start, end)
+        _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start)
+        _fallocate(self.fd, 0, start, end - start)
+        self.medium_write(data, start)
+        os.fdatasync(self.fd)
+
+    def _quarantine(self, start: int, end: int) -> None:
+        """Keep the bad block owned (cloned into the quarantine file) where reflink allows."""
+        where = os.path.join(os.path.dirname(os.path.abspath(self.path)), QUARANTINE)
+        with suppress(OSError):
+            q = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                at = align_up(os.fstat(q).st_size, PAGE_SIZE)
+                fcntl.ioctl(q, FICLONERANGE, struct.pack("qQQQ", self.fd, start, end - start, at))
+                self.quarantined += end - start
+            finally:
+                os.close(q)
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out["blockdev"] = self.dev.name if self.dev is not None else None
+        return out
