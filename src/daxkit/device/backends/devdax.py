@@ -28,7 +28,7 @@ class DevDaxBackend(RealBackend):
         number = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
         size = parse_number(read_text(os.path.join(sysfs_root, "dev", "char", number, "size")))
         if size is None:
-            size = parse_number(read_text(os.path.join(sysfs_root, "bus", "dax", "devices", self.name, "size")))
+            size = parse_number(read_text(os.path.join(sysfs_root, "bus/dax/devices", self.name, "size")))
         if not size or size < PAGE_SIZE:
             raise ImageError(
                 f"not a daxkit image, a block device or a device-dax device that sysfs knows "

@@ -67,7 +67,7 @@ def parse_number(text: str | None) -> int | None:
 
 def clip_runs(runs: Runs, start: int, count: int) -> Runs:
     """The part of ``runs`` inside sectors [start, start+count), made relative to ``start``."""
-    ivs = ranges.clip([(s, s + n) for s, n in runs], start, start + count)
+    ivs = ranges.clip(ranges.union([], [(s, s + n) for s, n in runs]), start, start + count)
     return [(s - start, e - s) for s, e in ivs]
 
 
@@ -121,7 +121,7 @@ def device_runs(dev: BlockDevice) -> Runs:
 def file_bad_ranges(extents: list[tuple[int, int, int]], bad: Runs) -> list[tuple[int, int]]:
     """Bad sectors of the device under a file, as (file offset, length) byte ranges: each extent
     (logical, physical, length) in bytes meets the runs (sectors of the same device)."""
-    bad_bytes = [(s * SECTOR_SIZE, (s + n) * SECTOR_SIZE) for s, n in bad]
+    bad_bytes = ranges.union([], [(s * SECTOR_SIZE, (s + n) * SECTOR_SIZE) for s, n in bad])
     out: ranges.Intervals = []
     for logical, physical, length in extents:
         for s, e in ranges.clip(bad_bytes, physical, physical + length):
