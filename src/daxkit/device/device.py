@@ -190,7 +190,11 @@ class DaxDevice:
         self.readonly = backend.readonly
         self._npages = self.size // PAGE_SIZE
         _copymc.install()  # stay on top if someone installed a fault handler since import
-        self._region = backend.map_region([(0, 0, self.size)], self.size)
+        try:
+            self._region = backend.map_region([(0, 0, self.size)], self.size)
+        except BaseException:
+            backend.close()
+            raise
         self._mm = self._region.mm
         self._view = memoryview(self._mm)
         self._words = backend.words

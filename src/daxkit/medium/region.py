@@ -38,12 +38,24 @@ _PROT_NONE = 0
 _MAP_SYNC_FLAGS = 0x03 | 0x80000  # MAP_SHARED_VALIDATE | MAP_SYNC (asm-generic/mman-common.h)
 
 
+class _PyBuffer(ctypes.Structure):  # Py_buffer (Include/pybuffer.h)
+    _fields_ = [
+        ("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p),
+    ]  # fmt: skip
+
+
 def address_of(mm: mmap.mmap) -> int:
-    anchor = ctypes.c_char.from_buffer(mm)
+    """Where the mapping starts; read-only mappings included (ctypes' from_buffer wants write)."""
+    view = _PyBuffer()
+    if ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(mm), ctypes.byref(view), 0) != 0:
+        raise OSError("cannot take the address of a mapping")
     try:
-        return ctypes.addressof(anchor)
+        return view.buf
     finally:
-        del anchor
+        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
 
 
 class Region:

@@ -97,14 +97,20 @@ class FileBackend(RealBackend):
     def _quarantine(self, start: int, end: int) -> None:
         """Keep the bad block owned (cloned into the quarantine file) where reflink allows."""
         where = os.path.join(os.path.dirname(os.path.abspath(self.path)), QUARANTINE)
-        with suppress(OSError):
+        try:
             q = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                at = align_up(os.fstat(q).st_size, PAGE_SIZE)
-                fcntl.ioctl(q, FICLONERANGE, struct.pack("qQQQ", self.fd, start, end - start, at))
-                self.quarantined += end - start
-            finally:
-                os.close(q)
+        except OSError:
+            return  # no room for it (a read-only directory): the block is only punched out
+        try:
+            at = align_up(os.fstat(q).st_size, PAGE_SIZE)
+            fcntl.ioctl(q, FICLONERANGE, struct.pack("qQQQ", self.fd, start, end - start, at))
+            self.quarantined += end - start
+        except OSError:  # no reflink here (ext4): leave no empty quarantine file behind
+            with suppress(OSError):
+                if os.fstat(q).st_size == 0:
+                    os.unlink(where)
+        finally:
+            os.close(q)
 
     def describe(self) -> dict:
         out = super().describe()
