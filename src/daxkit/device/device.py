@@ -752,6 +752,8 @@ class DaxDevice:
     def scrub(self, progress=None) -> ScrubReport:
         """Address range scrub: every poisoned line becomes known (acknowledged sectors in the
         table, byte ranges in the list); the holder hears about what was not known before."""
+        if self.readonly and self._be.emulated:  # the image records what a scrub finds
+            self._refuse_change()
         self._be.rescan()  # a real device: the sysfs lists are read again
         self._sync()
         with self._be.scrubbing():

@@ -5,6 +5,7 @@ on the block path, clear them with a page-aligned write, and carry daxfs (with p
 the file."""
 
 import errno
+import json
 import os
 import time
 
@@ -181,3 +182,21 @@ def test_daxfs_with_parity_inside_the_file(fs_mount, tmp_path):
         q = os.path.join(mnt, ".daxkit-quarantine")
         if os.path.exists(q):
             os.unlink(q)
+
+
+def test_cli_on_a_real_file(setup):
+    from tests.conftest import daxkit_cli
+
+    path, data, bb, root = setup
+    set_badblocks(bb, [(physical_sector(path, 3 * P), 8)])
+    r = daxkit_cli("list", path, "-M", "--sysfs-root", root)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["badblocks"] == [{"offset": 3 * P // 512, "length": 8}]
+    r = daxkit_cli("info", path, "--sysfs-root", root)
+    assert json.loads(r.stdout)["backend"] == "file"
+    r = daxkit_cli("read", path, "--offset", str(3 * P), "--length", str(P), "--sysfs-root", root)
+    assert r.returncode == 1 and b"bad sector" in r.stderr and r.stdout == b""
+    r = daxkit_cli("inject-error", path, "-B", "0", "--sysfs-root", root)
+    assert r.returncode == 1 and b"real file" in r.stderr and b"Traceback" not in r.stderr
+    r = daxkit_cli("badblocks", path, "--sysfs-root", root)
+    assert r.stdout.decode() == f"{3 * P // 512} 8\n"

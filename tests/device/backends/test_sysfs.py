@@ -2,6 +2,7 @@
 partly outside a namespace, partitions, file extents, the ``list -M`` walk, and a badblocks file
 that changes while the watcher polls it."""
 
+import json
 import os
 import time
 
@@ -166,3 +167,23 @@ def test_badblocks_file_changing_while_polled(tmp_path, holder):
         dev.close()
     watcher.join(2)
     assert not watcher.is_alive()  # closing the device ends its poll() watcher
+
+
+def test_cli_list_without_an_image(tmp_path):
+    from tests.conftest import daxkit_cli
+
+    root = str(tmp_path)
+    fake_namespaces(root)
+    r = daxkit_cli("list", "-M", "--sysfs-root", root)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == sysfs.list_namespaces(root)
+    r = daxkit_cli("list", "--sysfs-root", root)  # without -M: no media errors
+    assert [sorted(ns) for ns in json.loads(r.stdout)][0] == ["blockdev", "dev", "mode", "size"]
+    only = tmp_path / "one"
+    write(str(only), "block/pmem3/badblocks", "8 8\n")
+    r = daxkit_cli("list", "-M", "--sysfs-root", str(only))  # one namespace: one object, as ndctl prints
+    assert json.loads(r.stdout) == {
+        "dev": "pmem3", "blockdev": "pmem3", "badblock_count": 8, "badblocks": [{"offset": 8, "length": 8}]
+    }  # fmt: skip
+    r = daxkit_cli("list", "-M", "--sysfs-root", str(tmp_path / "empty"))
+    assert r.returncode == 0 and json.loads(r.stdout) == []
