@@ -620,6 +620,10 @@ class DaxDevice:
             pos = offset + done
             page_end = min(align_down(pos, PAGE_SIZE) + PAGE_SIZE, offset + n)
             bad = ranges.first_overlap(self._bad_lines(), align_down(pos, LINE_SIZE), page_end)
+            if bad is None and not self._be.emulated:
+                # Only known-bad pages are PROT_NONE on a real device: any other fault is the
+                # hardware's (SIGBUS, BUS_MCEERR_AR: a poisoned line) -- consumed like latent poison.
+                bad = (align_down(pos, LINE_SIZE), align_down(pos, LINE_SIZE) + LINE_SIZE)
             clean_end = page_end if bad is None else max(pos, bad[0])
             if clean_end > pos:
                 self._be.medium_read_into(dst[done : done + clean_end - pos], pos)

@@ -169,8 +169,11 @@ def test_daxfs_with_parity_inside_the_file(fs_mount, tmp_path):
                 set_badblocks(bb, [(bad, 1)])
                 # the holder hears of it with no call in, rebuilds the page from parity and
                 # rewrites it: the file moves off the listed sector
-                wait_for(lambda: physical_sector(path, at) != bad, "the bad page was not repaired")
-                assert d.known_errors() == [] and fs.scan() == []
+                wait_for(
+                    lambda: physical_sector(path, at) != bad and not d.known_errors(),
+                    "the bad page was not repaired",
+                )
+                assert fs.scan() == []
                 with fs.open("/f", "r") as f:
                     assert f.read() == payload  # full count, right bytes
         with daxkit.open(path, sysfs_root=str(tmp_path / "sys")) as d:
@@ -200,3 +203,26 @@ def test_cli_on_a_real_file(setup):
     assert r.returncode == 1 and b"real file" in r.stderr and b"Traceback" not in r.stderr
     r = daxkit_cli("badblocks", path, "--sysfs-root", root)
     assert r.stdout.decode() == f"{3 * P // 512} 8\n"
+
+
+def test_a_real_sigbus_becomes_poison_error(setup, holder):
+    """A genuine SIGBUS on the mapping (the file cut short under it: BUS_ADRERR, the nearest a
+    machine without poisoned memory comes to BUS_MCEERR_AR) reaches the safe accessors as
+    PoisonError, becomes known and tells the holder, instead of killing the process."""
+    path, data, bb, root = setup
+    with daxkit.open(path, sysfs_root=root) as dev:
+        dev.holder = holder
+        with dev.map(0, 16 * P) as m:
+            os.truncate(path, 8 * P)
+            try:
+                assert m.read(P, 16) == data[P : P + 16]
+                with pytest.raises(daxkit.PoisonError) as ei:
+                    m.read(8 * P - 64, 128)  # the last line before the cut, then the first after it
+                e = ei.value
+                assert (e.offset, e.length, e.done) == (8 * P, 64, 64) and e.errno == errno.EIO
+                assert holder.calls == [(8 * P, P, daxkit.MF_ACTION_REQUIRED)]
+                assert dev.known_errors() == [(8 * P, 64)]
+                with pytest.raises(daxkit.MediaError):
+                    dev.pread(16, 8 * P)
+            finally:
+                os.truncate(path, 16 * P)

@@ -107,7 +107,10 @@ class RealBackend:
         soft = self._soft
         sectors = ranges.union([(s, s + n) for s, n in self._hw], soft.badblocks.ranges())
         table, _ = Badblocks().set_runs(sectors, True)
-        known = ranges.union([(s * SECTOR_SIZE, e * SECTOR_SIZE) for s, e in sectors], soft.bad_ranges)
+        # poison: what the hardware lists (whole sectors) and the lines software met; a covering
+        # sector of a consumed line stays in the table only, as in the emulated device
+        hw = [(s * SECTOR_SIZE, (s + n) * SECTOR_SIZE) for s, n in self._hw]
+        known = ranges.union(hw, soft.bad_ranges)
         return ErrorState(
             poison=known, bad_ranges=soft.bad_ranges, badblocks=table, scrub_count=soft.scrub_count
         )
