@@ -3,14 +3,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench venv sysdeps clean
+.PHONY: demo test test-hardware bench venv sysdeps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Debian packages: fuse3 + libfuse3-dev + pkg-config (the FUSE mount), fio (the FUSE fio test),
-# strace (copy_mc's no-system-call check). Installed when missing and we are root with apt-get;
+# strace (copy_mc's no-system-call check), e2fsprogs + xfsprogs + util-linux (ext4 and xfs on a loop
+# device for the real-backend tests: mkfs, filefrag, losetup). Installed when missing and we are root with apt-get;
 # elsewhere the tests that need them skip.
 SYSDEPS := fuse3 libfuse3-dev pkg-config fio strace e2fsprogs xfsprogs util-linux
 
@@ -34,6 +35,11 @@ demo: sysdeps venv
 
 test: sysdeps venv
 	$(BIN)/python -m pytest tests
+
+# What only real persistent memory exercises (README, "Real devices"): run as root on a machine with
+# /dev/pmemN, /dev/daxX.Y or a DAX mount (or name them: DAXKIT_PMEM, DAXKIT_DAX, DAXKIT_DAX_DIR).
+test-hardware: sysdeps venv
+	$(BIN)/python -m pytest tests/hardware -v -rs
 
 bench: venv
 	$(BIN)/daxkit bench
