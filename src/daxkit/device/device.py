@@ -175,6 +175,12 @@ class BadblocksView:
                 f"badblocks: {sector}+{count} is past the device end "
                 f"({self._dev.size // SECTOR_SIZE} sectors)"
             )
+        if not self._dev._be.emulated:  # a real device: the kernel's own file is written
+            if self._dev.readonly:
+                self._dev._refuse_change()
+            self._dev._be.add_listed(sector, count)
+            self._dev._sync()
+            return
         self._dev._commit(lambda st: st.with_(badblocks=st.badblocks.set(sector, count, True)))
 
 

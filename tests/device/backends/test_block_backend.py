@@ -58,6 +58,9 @@ def test_badblocks_and_the_block_path(loopdev, sysroot):
             with pytest.raises(daxkit.PoisonError) as pe:
                 m.read(3 * P, P)
             assert pe.value.offset == 24 * 512 and pe.value.done == 0
+        dev.badblocks.add("40 1")  # written into the kernel's file, as writing sysfs does
+        assert open(bb).read().splitlines()[-1] == "40 1"
+        assert dev.known_errors() == [(24 * 512, 1024), (40 * 512, 512)]
         set_badblocks(bb, [])  # the platform cleared it
         assert dev.scrub().scrub_count >= 1  # a scrub re-reads the list
         assert dev.known_errors() == [] and dev.pread(P, 3 * P) == bytes(P)

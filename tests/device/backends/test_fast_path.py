@@ -46,8 +46,11 @@ def test_reads_make_no_system_call(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     lines = log.read_text().splitlines()
     main = lines[0].split()[0]  # strace -f prefixes each line with the thread id
-    calls = [ln for ln in lines if ln.split()[0] == main and "(" in ln]
-    marks = [i for i, ln in enumerate(calls) if "getppid()" in ln]
+    # a call another thread interrupted shows as "<unfinished ...>" and later "<... resumed>":
+    # count each call once, by its start
+    calls = [ln for ln in lines if ln.split()[0] == main and "(" in ln and "resumed>" not in ln]
+    marks = [i for i, ln in enumerate(calls) if "getppid(" in ln]
     assert len(marks) == 2, calls[-20:]
     between = calls[marks[0] + 1 : marks[1]]
-    assert between == [], between[:10]
+    # futex: the GIL handed to the watcher thread now and then (not per access)
+    assert [ln for ln in between if " futex(" not in ln] == [], between[:10]

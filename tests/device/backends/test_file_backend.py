@@ -226,3 +226,15 @@ def test_a_real_sigbus_becomes_poison_error(setup, holder):
                     dev.pread(16, 8 * P)
             finally:
                 os.truncate(path, 16 * P)
+
+
+def test_badblocks_add_writes_the_kernel_file(setup):
+    path, data, bb, root = setup
+    with daxkit.open(path, sysfs_root=root) as dev:
+        dev.badblocks.add(f"{2 * P // 512 + 1} 2")  # file sectors, as `daxkit badblocks FILE --add`
+        assert open(bb).read() == f"{physical_sector(path, 2 * P + 512)} 2\n"  # device sectors
+        assert dev.known_errors() == [(2 * P + 512, 1024)]
+        with pytest.raises(daxkit.InvalidArgument):
+            dev.badblocks.add("1 0")
+    with daxkit.open(path, readonly=True, sysfs_root=root) as dev, pytest.raises(daxkit.ReadOnly):
+        dev.badblocks.add("3 1")

@@ -44,6 +44,9 @@ class BlockBackend(RealBackend):
     def watched(self) -> list[str]:
         return [self.dev.badblocks] if self.dev is not None else []
 
+    def listed_at(self, sector: int, count: int) -> list[tuple[int, int]]:
+        return [(sector + (self.dev.start if self.dev is not None else 0), count)]
+
     def write_clearing(self, data, offset: int) -> None:
         """Write through the block device and make it reach the driver (fdatasync), where the
         pmem driver clears the sectors it writes; then read the list again to see that it did."""

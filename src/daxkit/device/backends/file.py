@@ -24,6 +24,7 @@ import os
 import struct
 from contextlib import suppress
 
+from ...errors import InvalidArgument
 from ...units import PAGE_SIZE, SECTOR_SIZE, align_down, align_up
 from .fiemap import file_extents
 from .real import RealBackend, open_fd
@@ -70,6 +71,24 @@ class FileBackend(RealBackend):
             return []  # no FIEMAP while nothing is listed: the common case costs one small read
         bad = file_bad_ranges(file_extents(self.fd, self.size), dev_runs)
         return [(s // SECTOR_SIZE, (align_up(s + n, SECTOR_SIZE) - s) // SECTOR_SIZE) for s, n in bad]
+
+    def listed_at(self, sector: int, count: int) -> list[tuple[int, int]]:
+        """File sectors as sectors of the disk's badblocks file, through the file's extents; a
+        sector in a hole has no place on the device and is refused (EINVAL)."""
+        start, end = sector * SECTOR_SIZE, (sector + count) * SECTOR_SIZE
+        base = self.dev.start if self.dev is not None else 0
+        out, covered = [], 0
+        for logical, physical, n in file_extents(self.fd, self.size):
+            s, e = max(start, logical), min(end, logical + n)
+            if s < e:
+                out.append((base + (physical + s - logical) // SECTOR_SIZE, (e - s) // SECTOR_SIZE))
+                covered += e - s
+        if covered != end - start:
+            raise InvalidArgument(
+                f"badblocks: file sectors {sector}+{count} are not all allocated on the device",
+                path=self.path,
+            )
+        return out
 
     def watched(self) -> list[str]:
         return [self.dev.badblocks] if self.dev is not None else []

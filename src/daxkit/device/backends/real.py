@@ -35,7 +35,7 @@ import weakref
 from array import array
 from contextlib import contextmanager, suppress
 
-from ...errors import MediaError, ReadOnly
+from ...errors import DaxError, MediaError, NotSupported, ReadOnly
 from ...medium import ranges
 from ...medium.badblocks import Badblocks
 from ...medium.region import Region
@@ -160,6 +160,30 @@ class RealBackend:
                 "the platform did not clear them",
                 path=self.path,
             )
+
+    def add_listed(self, sector: int, count: int) -> None:
+        """What ``badblocks.add`` does on a real device: write "<sector> <count>" into the
+        kernel's badblocks file, in that file's sectors (``listed_at``), then read it again."""
+        for where, n in self.listed_at(sector, count):
+            path = self.watched()[0] if self.watched() else None
+            if path is None:
+                raise NotSupported("sysfs lists no badblocks file for this device", path=self.path)
+            try:
+                with open(path, "a") as f:  # sysfs takes each write as one entry; a fake tree appends
+                    f.write(f"{where} {n}\n")
+            except PermissionError as e:
+                raise DaxError(
+                    f"cannot add to {path}: {e.strerror} (the kernel lets only root write badblocks)",
+                    errno=e.errno,
+                    path=self.path,
+                ) from None
+            except OSError as e:
+                raise DaxError(f"cannot add to {path}: {e.strerror}", errno=e.errno, path=self.path) from None
+        self.rescan()
+
+    def listed_at(self, sector: int, count: int) -> list[tuple[int, int]]:
+        """Device sectors [sector, sector+count) as (sector, count) runs of the badblocks file."""
+        raise NotSupported(f"adding badblocks to a {self.kind} device is not supported", path=self.path)
 
     # -- the watcher ---------------------------------------------------------------------------
     def _start_watcher(self) -> None:
