@@ -27,6 +27,7 @@ Theory of operation
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 
 from .. import _copymc
 from ..errors import DeviceGone, InvalidArgument, PoisonError
@@ -188,6 +189,8 @@ class DaxMapping:
         self._check(offset, length)
         if self._via is not None:
             self._via._mapping_persist([(doff, k) for _, doff, k in self._split(offset, length)])
+        elif not self._dev._be.emulated:
+            self._region.flush()  # a real file mapped without MAP_SYNC is durable after msync
 
     def bad_ranges(self) -> list[tuple[int, int]]:
         self._dev._sync()
@@ -244,6 +247,9 @@ class DaxMapping:
             return
         if self._via is not None and not self._gone:
             self._via._mapping_closed(self)  # persists first
+        if not self._gone and not self._dev._be.emulated:
+            with suppress(OSError, ValueError):
+                self._region.flush()
         self._closed = True
         self._dev._mappings.discard(self)
         try:

@@ -60,7 +60,7 @@ def mounted(fstype: str, dev: str, mnt: str):
     if fstype == "xfs":
         _run("mkfs.xfs", "-q", "-f", dev)
     else:
-        _run("mkfs.ext4", "-q", "-F", dev)
+        _run("mkfs.ext4", "-q", "-F", "-b", "4096", dev)  # DAX needs the block size to be the page size
     os.makedirs(mnt, exist_ok=True)
     _run("mount", "-t", fstype, dev, mnt)
     try:

@@ -43,6 +43,9 @@ def setup(fs_mount, tmp_path, request):
     bb = fake_sysfs(str(tmp_path / "sys"), os.stat(dev).st_rdev)
     yield path, data, bb, str(tmp_path / "sys")
     os.unlink(path)
+    quarantine = os.path.join(mnt, ".daxkit-quarantine")
+    if os.path.exists(quarantine):
+        os.unlink(quarantine)
 
 
 def wait_for(cond, what):
@@ -100,15 +103,13 @@ def test_clear_with_a_page_aligned_write(setup):
     with open(path, "rb") as f:
         got = f.read()
     assert got == data[: 5 * P] + new + data[6 * P :]  # every other byte as it was
-    quarantine = os.path.join(os.path.dirname(path), ".daxkit-quarantine")
-    if os.path.exists(quarantine):  # reflink (xfs): the bad block stays owned
-        fd = os.open(quarantine, os.O_RDONLY)
-        try:
-            held = [(p // 512, n // 512) for _, p, n in file_extents(fd)]
-        finally:
-            os.close(fd)
-        assert any(p <= bad < p + n for p, n in held)
-        os.unlink(quarantine)
+    # xfs clones the bad block into the quarantine file, ext4 swaps it there: it stays owned
+    fd = os.open(os.path.join(os.path.dirname(path), ".daxkit-quarantine"), os.O_RDONLY)
+    try:
+        held = [(p // 512, n // 512) for _, p, n in file_extents(fd)]
+    finally:
+        os.close(fd)
+    assert any(p <= bad < p + n for p, n in held)
 
 
 def test_pwrite_over_a_bad_page_clears(setup):
@@ -238,3 +239,23 @@ def test_badblocks_add_writes_the_kernel_file(setup):
             dev.badblocks.add("1 0")
     with daxkit.open(path, readonly=True, sysfs_root=root) as dev, pytest.raises(daxkit.ReadOnly):
         dev.badblocks.add("3 1")
+
+
+def test_cli_clears_a_real_file(setup):
+    from tests.conftest import daxkit_cli
+
+    path, data, bb, root = setup
+    set_badblocks(bb, [(physical_sector(path, 4 * P + 512), 1), (physical_sector(path, 10 * P), 8)])
+    page = tmp = os.path.join(os.path.dirname(bb), "page")
+    with open(tmp, "wb") as f:
+        f.write(b"\x5a" * P)
+    r = daxkit_cli("write", path, "--offset", str(10 * P), "-i", page, "--sysfs-root", root)
+    assert r.returncode == 0, r.stderr
+    r = daxkit_cli("clear-errors", path, "--sysfs-root", root)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"cleared": [{"offset": 4 * P, "length": P}]}
+    r = daxkit_cli("badblocks", path, "--sysfs-root", root)
+    assert r.returncode == 0 and r.stdout == b""
+    with open(path, "rb") as f:
+        got = f.read()
+    assert got == data[: 4 * P] + bytes(P) + data[5 * P : 10 * P] + b"\x5a" * P + data[11 * P :]

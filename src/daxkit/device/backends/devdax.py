@@ -23,10 +23,13 @@ class DevDaxBackend(RealBackend):
     kind = "devdax"
 
     def __init__(self, path: str, st: os.stat_result, *, readonly: bool, sysfs_root: str):
-        self.name = os.path.basename(os.path.realpath(path))
         self.sysfs_root = sysfs_root
-        number = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-        size = parse_number(read_text(os.path.join(sysfs_root, "dev", "char", number, "size")))
+        # sysfs names the device by its number (dev/char/M:m links to its directory); a path
+        # that sysfs does not know is named by itself
+        link = os.path.join(sysfs_root, "dev", "char", f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+        known = os.path.isdir(link)
+        self.name = os.path.basename(os.path.realpath(link if known else path))
+        size = parse_number(read_text(os.path.join(link, "size"))) if known else None
         if size is None:
             size = parse_number(read_text(os.path.join(sysfs_root, "bus/dax/devices", self.name, "size")))
         if not size or size < PAGE_SIZE:

@@ -9,10 +9,10 @@ system) has no known errors: libpmem2's badblocks_none.
 Clearing (libpmem2's pmem2_badblock_clear_fsdax, plus a quarantine): a page-aligned write and
 fdatasync -- on a DAX mount the kernel's recovery write clears the medium -- then the file's
 extents are checked against the list again.  Where the file still sits on a listed sector, its
-blocks there are first cloned into a quarantine file (FICLONERANGE, where the file system has
-reflink: XFS), so the bad block stays owned and cannot be handed out again, then punched
-out of the file and allocated afresh (fallocate), and the data is written again.  Without
-reflink (ext4) the freed block is only held back until the file system reuses it.
+blocks there go to a quarantine file beside it, so the file system cannot hand them out again:
+cloned (FICLONERANGE, reflink: XFS) and then punched out and allocated afresh, or swapped with
+fresh blocks of the quarantine file (EXT4_IOC_MOVE_EXT, ext4 without DAX); elsewhere only
+punched out.  Then the data is written again and the extents checked once more.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from .sysfs import BlockDevice, Runs, device_runs, file_bad_ranges, find_block_d
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FICLONERANGE = 0x4020940D  # _IOW(0x94, 13, struct file_clone_range)
+EXT4_IOC_MOVE_EXT = 0xC028660F  # _IOWR('f', 15, struct move_extent)
+_TRIES = 4
 QUARANTINE = ".daxkit-quarantine"  # beside the file: the bad blocks it no longer uses
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -107,29 +109,68 @@ class FileBackend(RealBackend):
         self._check_cleared(offset, n, "the file was written and moved off its bad blocks")
 
     def _relocate(self, start: int, end: int, data) -> None:
-        self._quarantine(start, end)
-        _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start)
-        _fallocate(self.fd, 0, start, end - start)
-        self.medium_write(data, start)
-        os.fdatasync(self.fd)
-
-    def _quarantine(self, start: int, end: int) -> None:
-        """Keep the bad block owned (cloned into the quarantine file) where reflink allows."""
-        where = os.path.join(os.path.dirname(os.path.abspath(self.path)), QUARANTINE)
+        """Move [start, end) of the file off its blocks, keeping the old ones owned by the
+        quarantine file where the file system allows (so they cannot be handed out again): XFS
+        clones them there (FICLONERANGE), ext4 swaps them with fresh blocks of it
+        (EXT4_IOC_MOVE_EXT, what e4defrag uses); elsewhere they are punched out.  Then the data
+        is written again; a new block that is itself listed is moved off in turn (a few tries)."""
+        q = self._open_quarantine()
         try:
-            q = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return  # no room for it (a read-only directory): the block is only punched out
-        try:
-            at = align_up(os.fstat(q).st_size, PAGE_SIZE)
-            fcntl.ioctl(q, FICLONERANGE, struct.pack("qQQQ", self.fd, start, end - start, at))
-            self.quarantined += end - start
-        except OSError:  # no reflink here (ext4): leave no empty quarantine file behind
-            with suppress(OSError):
-                if os.fstat(q).st_size == 0:
-                    os.unlink(where)
+            for _ in range(_TRIES):
+                if q is None or not self._move_into(q, start, end):
+                    if q is not None:
+                        self._clone_into(q, start, end)
+                    _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, end - start)
+                    _fallocate(self.fd, 0, start, end - start)
+                self.medium_write(data, start)
+                os.fdatasync(self.fd)
+                if not self.hardware_bad(start, end - start):
+                    return
         finally:
-            os.close(q)
+            if q is not None:
+                with suppress(OSError):
+                    if os.fstat(q).st_size == 0:
+                        os.unlink(self._quarantine_path())
+                os.close(q)
+
+    def _quarantine_path(self) -> str:
+        return os.path.join(os.path.dirname(os.path.abspath(self.path)), QUARANTINE)
+
+    def _open_quarantine(self) -> int | None:
+        try:
+            return os.open(self._quarantine_path(), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None  # no room for it (a read-only directory): the blocks are only punched out
+
+    def _clone_into(self, q: int, start: int, end: int) -> bool:
+        at = align_up(os.fstat(q).st_size, PAGE_SIZE)
+        try:
+            fcntl.ioctl(q, FICLONERANGE, struct.pack("qQQQ", self.fd, start, end - start, at))
+        except OSError:
+            return False  # no reflink here
+        self.quarantined += end - start
+        return True
+
+    def _move_into(self, q: int, start: int, end: int) -> bool:
+        """Swap the file's blocks with freshly allocated ones of the quarantine file (ext4)."""
+        blk = os.fstat(self.fd).st_blksize
+        if start % blk or end % blk or blk % PAGE_SIZE and PAGE_SIZE % blk:
+            return False
+        at = align_up(os.fstat(q).st_size, max(blk, PAGE_SIZE))
+        try:
+            _fallocate(q, 0, at, end - start)
+        except OSError:
+            return False
+        arg = bytearray(struct.pack("IIQQQQ", 0, q, start // blk, at // blk, (end - start) // blk, 0))
+        try:
+            fcntl.ioctl(self.fd, EXT4_IOC_MOVE_EXT, arg)
+        except OSError:  # not ext4, or DAX (ext4 refuses to move extents of DAX files)
+            with suppress(OSError):
+                os.ftruncate(q, at)
+            return False
+        moved = struct.unpack_from("Q", arg, 32)[0] * blk
+        self.quarantined += moved
+        return moved == end - start
 
     def describe(self) -> dict:
         out = super().describe()

@@ -58,7 +58,10 @@ def open_fd(path: str, readonly: bool, extra: int = 0) -> int:
     try:
         return os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC | extra)
     except PermissionError as e:
-        hint = "" if readonly else "; open it read-only (readonly=True, the CLI's read-only verbs) or as root"
+        if readonly:
+            hint = " (device nodes are usually readable by root and the disk group only)"
+        else:
+            hint = "; open it read-only (readonly=True, the CLI's read-only verbs) or as root"
         raise ImageError(f"cannot open: {e.strerror}{hint}", errno=e.errno, path=path) from None
     except OSError as e:
         raise ImageError(f"cannot open: {e.strerror}", errno=e.errno, path=path) from None
