@@ -10,10 +10,11 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Debian packages: fuse3 + libfuse3-dev + pkg-config (the FUSE mount), fio (the FUSE fio test),
-# strace (copy_mc's no-system-call check), e2fsprogs + xfsprogs + util-linux (ext4 and xfs on a loop
-# device for the real-backend tests: mkfs, filefrag, losetup). Installed when missing and we are root with apt-get;
-# elsewhere the tests that need them skip.
-SYSDEPS := fuse3 libfuse3-dev pkg-config fio strace e2fsprogs xfsprogs util-linux
+# strace (copy_mc's no-system-call check), libisal-dev (ISA-L's CRC32C: the parity store path,
+# src/daxkit/_parity.c; without it that path runs in Python), e2fsprogs + xfsprogs + util-linux
+# (ext4 and xfs on a loop device for the real-backend tests: mkfs, filefrag, losetup). Installed
+# when missing and we are root with apt-get; elsewhere the tests that need them skip.
+SYSDEPS := fuse3 libfuse3-dev pkg-config fio strace libisal-dev e2fsprogs xfsprogs util-linux
 
 sysdeps:
 	@missing=""; for p in $(SYSDEPS); do \

@@ -1,5 +1,6 @@
 /*
- * daxkit._copymc -- the machine-check-safe copy, daxkit's one piece of native code.
+ * daxkit._copymc -- the machine-check-safe copy, daxkit's first piece of native code (the second,
+ * _parity.c, borrows this copy through the _C_API capsule for its loads).
  *
  * Theory of operation
  *   A copy from a DAX mapping can fault on its source: SIGBUS for real hardware poison
@@ -322,7 +323,18 @@ static struct PyModuleDef mc_module = {
 
 PyMODINIT_FUNC PyInit__copymc(void)
 {
+    PyObject *m, *api;
+
     if (mc_install() != 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    return PyModule_Create(&mc_module);
+    if (!(m = PyModule_Create(&mc_module)))
+        return NULL;
+    /* The copy itself, for native code that loads from a DAX view (daxkit._parity). */
+    api = PyCapsule_New((void *)mc_copy, "daxkit._copymc._C_API", NULL);
+    if (!api || PyModule_AddObject(m, "_C_API", api) < 0) {
+        Py_XDECREF(api);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

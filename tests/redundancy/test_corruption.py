@@ -78,10 +78,27 @@ def test_a_partial_store_onto_a_corrupt_page_repairs_it_first(held):
     assert rep.lost == [] and rep.corrupt == [(page * P, P)]
 
 
-def test_corruption_beside_poison_never_yields_wrong_bytes(held):
+def test_corruption_beside_poison_on_another_line_is_rebuilt(held):
+    """A flip in line 0 of one page, poison in line 10 of another: line 10 is whole in every
+    other page, so the poisoned page is rebuilt line by line, then the flipped one whole."""
     dev, h = held
     a, b = 8 * GROUP, 8 * GROUP + 5
     flip(dev, a * P + 9)
+    dev.lower.inject_poison(lower_off(dev, b * P + 128), 64)
+    dev.lower.inject_poison(lower_off(dev, b * P + 640), 64)
+    rep = dev.repair()
+    assert rep.lost == [] and [s // P for s, _ in rep.corrupt] == [a]
+    assert {s // P for s, _ in rep.repaired} == {b}
+    whole = 8 * GROUP * P, GROUP * P
+    assert read_all(dev, *whole) == (GROUP * P, bytes(dev.want[whole[0] : whole[0] + whole[1]]))
+    assert h.calls == []
+
+
+def test_corruption_beside_poison_never_yields_wrong_bytes(held):
+    """The flip and the poison on the same line of two pages: neither can be rebuilt."""
+    dev, h = held
+    a, b = 8 * GROUP, 8 * GROUP + 5
+    flip(dev, a * P + 649)
     dev.lower.inject_poison(lower_off(dev, b * P + 640), 64)
     rep = dev.repair()
     assert {s // P for s, _ in rep.lost} == {a, b}

@@ -160,7 +160,10 @@ class ParityModel(RuleBasedStateMachine):
 
     @rule()
     def crash(self):
-        """The process dies after its last call returned: nothing closed, nothing settled."""
+        """The process dies after its last call returned: nothing closed, nothing settled.
+        (Its memory dies with it: the layer's view of the lower device, which would keep that
+        device's mapping, and with it the holder's claim, alive in this process.)"""
+        self.dev._par.drop_window()
         self.dev.lower.close()
         self.dev = ParityDevice(daxkit.open(self.img))
         self.dev.holder = self

@@ -126,17 +126,35 @@ def test_metadata_poison_is_rewritten_and_nothing_goes_up(held, region):
     assert not rep.lost and not rep.corrupt
 
 
+@pytest.mark.parametrize("notify", [False, True], ids=["latent", "notified"])
+def test_bad_pages_of_one_group_with_disjoint_lines_are_rebuilt_line_by_line(held, notify):
+    """Beyond one page per group, but no line is bad in two pages at once: each bad line is
+    rebuilt from the same line of the others, and each page checked whole against its CRC."""
+    dev, h = held
+    group = [3 * GROUP + 1, 3 * GROUP + 5, 3 * GROUP + 6]
+    spans = [[(0, 64), (2048, 64)], [(512, 512)], [(64, 128), (4032, 64)]]  # no line in two pages
+    for page, sp in zip(group, spans):
+        poison(dev, page, sp, notify)
+    assert_intact(dev)
+    assert h.calls == []
+    rep = dev.repair()
+    assert rep.lost == [] and rep.corrupt == []
+    assert {off // P for off, _ in rep.repaired} == set(group)
+
+
 def test_two_bad_pages_in_a_group_lose_exactly_those(held):
+    """The same line bad in two pages of a group: neither can be rebuilt, and each page's
+    CRC stands for the whole page, so each loses its bad span -- exactly that, no more."""
     dev, h = held
     a, b = 4 * GROUP + 2, 4 * GROUP + 9
     dev.lower.inject_poison(lower_off(dev, a * P + 256), 64)
-    dev.lower.inject_error(lower_off(dev, b * P + 1024) // 512, 1, notify=False)
+    dev.lower.inject_poison(lower_off(dev, b * P + 192), 128)  # covers a's bad line too
     other = 7 * GROUP + 1  # a repairable page elsewhere: unaffected
     dev.lower.inject_poison(lower_off(dev, other * P), 64)
     got, buf = read_all(dev, a * P, P)
     assert got == 256 and buf[:256] == dev.want[a * P : a * P + 256]  # clean lines up to the bad one
     rep = dev.repair()
-    want_lost = [(a * P + 256, 64), (b * P + 1024, 256)]
+    want_lost = [(a * P + 256, 64), (b * P + 192, 128)]
     assert rep.lost == want_lost
     told = sorted((o, n) for o, n, _ in h.calls)
     assert all(any(o <= s and s + n <= o + m for o, m in told) for s, n in want_lost)

@@ -573,6 +573,7 @@ class ParityDevice(MappingsThrough):
             except DeviceGone:
                 pass
         self._closed = True
+        self._par.drop_window()  # a view of the lower device keeps its mapping (and claim) alive
         for fin in self._finalizers.values():
             fin.detach()
         if close_lower:

@@ -30,6 +30,11 @@ Theory of operation
   ``update`` is the store path: read the old page, the parity page and the old CRC
   (machine-check-safe), name the update in flight, parity ^= old ^ new, store data, parity and
   the new CRC.
+  Where daxkit._parity is built (ISA-L's CRC32C), a store of whole pages is those same steps in
+  one native call on a direct_access view of the lower device, taken while nothing is known bad
+  there and kept while its state word holds still; every load in it is machine-check-safe, and
+  it stores nothing unless every load succeeded and every old CRC matched.  Anything it declines
+  takes the Python steps, which find out why.
   Anything unusual on the way -- poison in a page it reads, a CRC that does not match the old
   data -- sends it to ``_update_slow``, which repairs or verifies the group first and retries, or,
   when the group has a page that cannot be rebuilt, writes through and recomputes.
@@ -48,9 +53,15 @@ import crc32c
 import numpy as np
 
 from ..device.interface import RECOVERY_WRITE
+from ..errors import DaxError
 from ..medium import ranges
 from ..units import PAGE_SIZE
 from .layout import INTENT_SIZE, Geometry, pack_header, pack_intent, unpack_intent
+
+try:  # the store path in one native call (ISA-L's CRC32C); without it, the same steps in Python
+    from .._parity import update as _native_update
+except ImportError:  # pragma: no cover - built wherever libisal-dev is installed
+    _native_update = None
 
 P = PAGE_SIZE
 WORDS = P // 8
@@ -103,6 +114,12 @@ class Parity:
         self._par = np.zeros(WORDS, np.uint64)
         self._par_mv = memoryview(self._par).cast("B")
         self._crcbuf = bytearray(4)
+        # The native store path works on a direct_access view of the whole lower device, taken
+        # while nothing is known bad there and kept while the lower device's state word holds.
+        self._native = _native_update if not readonly else None
+        self._state: memoryview | None = None  # lower.state_word, taken with the view
+        self._view_gen: int | None = None
+        self._view: memoryview | None = None
 
     # -- positions on the lower device (bytes) ----------------------------------------------------
     def data_pos(self, page: int) -> int:
@@ -216,11 +233,58 @@ class Parity:
         self.lo.recovery_write(lower_page, 0, data)
 
     # -- the store path ------------------------------------------------------------------------------
+    def window(self) -> memoryview | None:
+        """A view of the whole lower device for the native store path, or None while anything
+        is known bad on it (then every store takes the careful path, as it must near poison)."""
+        if self._state is None:
+            self._state = self.lo.state_word
+        gen = self._state[0]
+        if gen != self._view_gen:
+            self._view_gen, self._view = gen, None
+            n = self.lo.size // P
+            try:
+                avail, view = self.lo.direct_access(0, n)
+            except DaxError:
+                return None
+            if avail == n:
+                self._view = view
+        return self._view
+
+    def drop_window(self) -> None:
+        """Let go of the lower device's memory (its views keep its mapping, and its claim)."""
+        self._state, self._view_gen, self._view = None, None, None
+
+    def _update_native(self, src, page: int, k: int) -> bool:
+        """Pages [page, page + k) of one group stored in one native call: True when done.
+        False (nothing stored) sends the caller down the careful path: no view, an update in
+        flight, a group under an open mapping, a load that faulted or a CRC that did not match."""
+        g = page // self.G
+        if self._inflight or g in self.pins or (view := self.window()) is None:
+            return False
+        a = g * self.G
+        gk = min(self.G, self.N - a)
+        word = ((g << 26) | ((page - a) << 13) | (page + k - a)) + 1
+        gpos, ppos, cpos = self.base + a * P, self._parity0 + g * P, self._csum0 + 4 * a
+        return not self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src)
+
     def update(self, src, off: int) -> None:
         """Store ``src`` at logical ``off`` keeping parity and CRCs current (lock held)."""
         n = src.nbytes if type(src) is memoryview else len(src)
         if n == P and not off % P:
-            self._update_page(src, off // P)
+            page = off // P
+            g = page // self.G
+            if (  # the native store path, inline: nothing in flight, no mapping, a current view
+                self._native is not None and not self._inflight and g not in self.pins
+                and (view := self._view if self._state is not None and self._state[0] == self._view_gen
+                     else self.window()) is not None
+            ):  # fmt: skip
+                a = g * self.G
+                gk = min(self.G, self.N - a)
+                word = ((g << 26) | ((page - a) << 13) | (page + 1 - a)) + 1
+                gpos, ppos, cpos = self.base + a * P, self._parity0 + g * P, self._csum0 + 4 * a
+                if not self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src):
+                    return  # stored, and the in-flight word cleared again
+            self._update_page(src, page)
         else:
             self._update_range(memoryview(src).cast("B"), off, n)
         # Done: no longer in flight.  A word left standing would make a crash later take this
@@ -228,7 +292,8 @@ class Parity:
         self.settle()
 
     def _update_page(self, src, page: int) -> None:
-        """The common case, one whole page: 3 safe loads, 2 XORs, 3 stores, 2 CRCs.  The old
+        """One whole page in Python (the native path declined or is not built): 3 safe loads,
+        2 XORs, 3 stores, 2 CRCs.  The old
         page's CRC is checked although none of its bytes survive the store: parity ^= old
         must not take silent corruption of the old page into parity."""
         g = page // self.G
@@ -269,7 +334,10 @@ class Parity:
     def _update_group(self, g: int, a: int, b: int, src: memoryview, off: int, *, retry: bool = True) -> None:
         lo, k = self.lo, b - a
         full = off == a * P and src.nbytes == k * P
-        if full and (a, b) == self.geo.group_pages(g):
+        whole = (a, b) == self.geo.group_pages(g)
+        if full and retry and self._native is not None and self._update_native(src, a, k):
+            return
+        if full and whole:
             # The whole group is new: its parity comes from the new data alone.
             self.begin(g, a, b)
             lo.store(src, self.data_pos(a))
@@ -347,9 +415,28 @@ class Parity:
     def rebuilt_verified(self, page: int) -> bytearray | None:
         """The page rebuilt from its group if it matches its CRC, else None (no write: the
         read-only open's repair)."""
-        rebuilt = self.rebuild(page)
+        cur = bytearray(P)
+        bad = self.lo.read_recover_into(cur, self.data_pos(page))
         want = self.crc_entry(page)
-        return rebuilt if want is not None and _crc(rebuilt) == want else None
+        return None if want is None else self.verified(page, cur, bad, want)
+
+    def verified(self, page: int, cur: bytearray, bad: list[tuple[int, int]], want: int) -> bytearray | None:
+        """The page's bytes with its bad lines rebuilt, if the result matches ``want`` (its CRC).
+
+        Line by line first: ``cur`` (the recovery read: the clean lines, zeroes on the bad ones)
+        with only the bad lines taken from the rebuild.  A line is rebuilt right when no other
+        page of the group is bad on the same line, so two or more bad pages of one group are
+        saved when their bad lines do not overlap -- each checked whole against its CRC.
+        Then the whole rebuilt page (which also undoes silent corruption in the clean lines,
+        when every other page is whole).  None: neither matches, nothing is handed out."""
+        rebuilt = self.rebuild(page)
+        pos = self.data_pos(page)
+        merged = bytearray(cur)
+        for s, n in bad:
+            merged[s - pos : s - pos + n] = rebuilt[s - pos : s - pos + n]
+        if _crc(merged) == want:
+            return merged
+        return rebuilt if _crc(rebuilt) == want else None
 
     def crc_entry(self, page: int) -> int | None:
         t = self.crc_table(page, page + 1)
@@ -366,17 +453,20 @@ class Parity:
             return CLEAN
         if page in self.lost or self.readonly:
             return LOST
-        rebuilt = self.rebuild(page)
         want = self.crc_entry(page)
-        if want is None or _crc(rebuilt) != want:
+        if want is None:
             return self.lose(page)
-        content = rebuilt
         if page // self.G in self.pins and page in self.mapped(page, page + 1):
             # Raw stores through a mapping may be ahead of parity in the clean lines: keep them,
-            # take only the bad lines from the rebuilt page (last persisted, CRC-verified).
+            # take only the bad lines from the rebuilt page (last persisted, CRC-verified whole).
+            rebuilt = self.rebuild(page)
+            if _crc(rebuilt) != want:
+                return self.lose(page)
             content = cur
             for s, n in bad:
                 content[s - pos : s - pos + n] = rebuilt[s - pos : s - pos + n]
+        elif (content := self.verified(page, cur, bad, want)) is None:
+            return self.lose(page)
         self.rewrite(page, content, want)
         self.repaired.extend((s - self.base, n) for s, n in bad)
         return REPAIRED
