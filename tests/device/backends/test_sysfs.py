@@ -187,3 +187,31 @@ def test_cli_list_without_an_image(tmp_path):
     }  # fmt: skip
     r = daxkit_cli("list", "-M", "--sysfs-root", str(tmp_path / "empty"))
     assert r.returncode == 0 and json.loads(r.stdout) == []
+
+
+def test_namespaces_found_through_their_pfn_and_dax_seeds(tmp_path):
+    """The kernel's layout: an fsdax namespace's disk hangs off its pfn device, a devdax one's
+    dax device off its dax seed, each with a ``namespace`` link back."""
+    root = str(tmp_path)
+    region = os.path.join(root, "bus/nd/devices/region1")
+    write(root, "bus/nd/devices/region1/resource", "0x300000000\n")
+    write(root, "bus/nd/devices/region1/badblocks", "4100 4\n")
+    for ns, start in (("namespace1.0", "0x300000000"), ("namespace1.1", "0x300200000")):
+        write(root, f"bus/nd/devices/region1/{ns}/resource", start + "\n")
+        write(root, f"bus/nd/devices/region1/{ns}/size", str(2 << 20) + "\n")
+    os.makedirs(os.path.join(region, "pfn1.0", "block", "pmem1"))
+    os.symlink("../namespace1.0", os.path.join(region, "pfn1.0", "namespace"))
+    os.makedirs(os.path.join(region, "dax1.1", "dax1.0"))
+    os.symlink("../namespace1.1", os.path.join(region, "dax1.1", "namespace"))
+    write(root, "block/pmem1/badblocks", "7 1\n")
+    got = sysfs.list_namespaces(root)
+    assert [(ns["dev"], ns.get("blockdev"), ns.get("chardev"), ns["badblocks"]) for ns in got] == [
+        ("namespace1.0", "pmem1", None, [{"offset": 7, "length": 1}]),
+        ("namespace1.1", None, "dax1.0", [{"offset": 4, "length": 4}]),
+    ]
+    # the dax device's own resource and size: its data starts 4 KiB into the namespace
+    write(root, "bus/nd/devices/region1/dax1.1/dax1.0/resource", "0x300201000\n")  # region sector 4104
+    write(root, "bus/nd/devices/region1/dax1.1/dax1.0/size", str(1 << 20) + "\n")
+    write(root, "bus/nd/devices/region1/badblocks", "4100 4\n4106 2\n6150 10\n")
+    runs, src = sysfs.dax_device_runs(root, "dax1.0")
+    assert runs == [(2, 2), (2046, 2)] and src == os.path.join(region, "badblocks")

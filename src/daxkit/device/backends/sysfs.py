@@ -149,14 +149,26 @@ def namespace_dirs(sysfs_root: str) -> list[tuple[str, str]]:
 
 
 def _child(ns: str, kind: str) -> str | None:
-    """The name of the namespace's block device or dax device, where sysfs shows one (the
-    namespace's own ``block/`` or ``dax*/``, or that of its pfn/dax seed)."""
-    for pattern in (
-        os.path.join(ns, kind, "*"),
-        os.path.join(ns, "*", kind, "*"),
-    ):
+    path = _child_dir(ns, kind)
+    return None if path is None else os.path.basename(path)
+
+
+def _child_dir(ns: str, kind: str) -> str | None:
+    """The directory of the namespace's block device (``kind`` "block") or dax device ("dax"), where
+    sysfs shows one: under the namespace itself (raw mode), or under the pfn/dax device of its
+    region whose ``namespace`` link names it (fsdax: regionN/pfnN.M/block/pmemN; devdax:
+    regionN/daxN.M/daxN.M)."""
+    for p in _names(os.path.join(ns, kind, "*")) + _names(os.path.join(ns, "*", kind, "*")):
+        return p
+    me = os.path.realpath(ns)
+    for seed in _names(os.path.join(os.path.dirname(ns), "*")):
+        link = os.path.join(seed, "namespace")
+        if seed == ns or not os.path.islink(link) or os.path.realpath(link) != me:
+            continue
+        pattern = os.path.join(seed, "block", "*") if kind == "block" else os.path.join(seed, "dax*")
         for p in _names(pattern):
-            return os.path.basename(p)
+            if os.path.isdir(p):
+                return p
     return None
 
 
@@ -221,21 +233,19 @@ def list_namespaces(sysfs_root: str) -> list[dict]:
 
 def dax_device_runs(sysfs_root: str, name: str) -> tuple[Runs, str | None]:
     """Known bad sectors of the device-dax device ``name`` (daxX.Y), relative to its start, and
-    the badblocks file they come from.  The dax device's own ``resource`` (where the kernel
-    shows it) says where its data starts in the region; else its namespace's."""
+    the badblocks file they come from.  The dax device's own ``resource`` and ``size`` (where
+    the kernel shows them) say where its data lies in the region; else its namespace's."""
     for region, ns in namespace_dirs(sysfs_root):
-        if _child(ns, "dax") != name:
+        where = _child_dir(ns, "dax")
+        if where is None or os.path.basename(where) != name:
             continue
-        region_start = parse_number(read_text(os.path.join(region, "resource")))
-        start = None
-        for cand in glob.glob(os.path.join(ns, "dax", name, "resource")) + glob.glob(
-            os.path.join(ns, "*", "dax", name, "resource")
-        ):
-            start = parse_number(read_text(cand))
-        size = parse_number(read_text(os.path.join(ns, "size")))
-        if start is None:
-            start = parse_number(read_text(os.path.join(ns, "resource")))
         bb = os.path.join(region, "badblocks")
+        region_start = parse_number(read_text(os.path.join(region, "resource")))
+        start = parse_number(read_text(os.path.join(where, "resource")))
+        size = parse_number(read_text(os.path.join(where, "size")))
+        if start is None or size is None:
+            start = parse_number(read_text(os.path.join(ns, "resource")))
+            size = parse_number(read_text(os.path.join(ns, "size")))
         if region_start is None or start is None or size is None:
             return [], bb
         return region_share(parse_badblocks(read_text(bb)), region_start, start, size), bb
