@@ -63,6 +63,7 @@ def test_reports_exactly_the_file_ranges(setup):
     with daxkit.open(path, sysfs_root=root) as dev:
         assert dev.size == 16 * P and dev.info()["backend"] == "file"
         assert dev.known_errors() == [(3 * P + 1024, 512), (9 * P, P)]
+        assert dev.bad_ranges() == dev.known_errors() and dev.info()["badblock_count"] == 9
         assert dev.media_errors() == {
             "badblock_count": 9,
             "badblocks": [

@@ -114,9 +114,9 @@ class RealBackend:
         # sector of a consumed line stays in the table only, as in the emulated device
         hw = [(s * SECTOR_SIZE, (s + n) * SECTOR_SIZE) for s, n in self._hw]
         known = ranges.union(hw, soft.bad_ranges)
-        return ErrorState(
-            poison=known, bad_ranges=soft.bad_ranges, badblocks=table, scrub_count=soft.scrub_count
-        )
+        # the bad range list: what the kernel lists is known at sector granularity, what
+        # software met at line granularity
+        return ErrorState(poison=known, bad_ranges=known, badblocks=table, scrub_count=soft.scrub_count)
 
     def _bump(self) -> None:
         self._words[0] += 1
@@ -135,7 +135,8 @@ class RealBackend:
             hw = [(s, s + n) for s, n in self._hw]
             soft_sectors = ranges.subtract(new.badblocks.ranges(), hw)
             table, _ = Badblocks().set_runs(soft_sectors, True)
-            self._soft = ErrorState(bad_ranges=new.bad_ranges, badblocks=table, scrub_count=new.scrub_count)
+            soft_lines = ranges.subtract(new.bad_ranges, [(s * SECTOR_SIZE, e * SECTOR_SIZE) for s, e in hw])
+            self._soft = ErrorState(bad_ranges=soft_lines, badblocks=table, scrub_count=new.scrub_count)
             self._merged = self._merge()
             self._bump()
             return self._words[0], self._merged
