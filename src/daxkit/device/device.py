@@ -143,7 +143,7 @@ class BadblocksView:
         self._dev = dev
 
     def _table(self) -> Badblocks:
-        self._dev._sync()
+        self._dev._sync_fresh()
         return self._dev._state.badblocks
 
     def __iter__(self):
@@ -308,6 +308,14 @@ class DaxDevice:
             new = self._apply(gen, state)
         if report and new:
             self._report(new)
+
+    def _sync_fresh(self) -> None:
+        """What the reports use (known_errors, media_errors, badblocks, info): on a real device
+        the kernel's lists are read again first, so a report never lags behind a change the
+        watcher has not seen yet.  The fast paths rely on the watcher alone."""
+        if not self._be.emulated:
+            self._be.refresh()
+        self._sync()
 
     def _commit(self, change, *, report=True, holder_report=None) -> ErrorState:
         with self._lock:
@@ -602,7 +610,7 @@ class DaxDevice:
 
     def known_errors(self, offset: int = 0, length: int | None = None) -> list[tuple[int, int]]:
         """Known bad (offset, length) ranges, line-precise where the bad range list knows."""
-        self._sync()
+        self._sync_fresh()
         end = self.size if length is None else offset + length
         return [(s, e - s) for s, e in ranges.clip(self._precise, offset, end)]
 
@@ -837,7 +845,7 @@ class DaxDevice:
         return BadblocksView(self)
 
     def media_errors(self) -> dict:
-        self._sync()
+        self._sync_fresh()
         bb = self._state.badblocks
         return {
             "badblock_count": bb.sectors,
@@ -846,7 +854,7 @@ class DaxDevice:
 
     def bad_ranges(self) -> list[tuple[int, int]]:
         """The bad range list: known bad byte ranges (offset, length)."""
-        self._sync()
+        self._sync_fresh()
         return [(s, e - s) for s, e in self._state.bad_ranges]
 
     def poisoned_ranges(self) -> list[tuple[int, int]]:
@@ -855,7 +863,7 @@ class DaxDevice:
         return [(s, e - s) for s, e in self._state.poison]
 
     def info(self) -> dict:
-        self._sync()
+        self._sync_fresh()
         st = self._state
         return {
             "path": self.path,

@@ -64,6 +64,10 @@ def test_badblocks_and_the_block_path(loopdev, sysroot):
         set_badblocks(bb, [])  # the platform cleared it
         assert dev.scrub().scrub_count >= 1  # a scrub re-reads the list
         assert dev.known_errors() == [] and dev.pread(P, 3 * P) == bytes(P)
+        set_badblocks(bb, [(50, 1)])
+        assert dev.media_errors()["badblocks"] == [{"offset": 50, "length": 1}]  # no wait: reports re-read
+        with pytest.raises(daxkit.MediaError):
+            dev.pread(512, 50 * 512)
 
 
 def test_daxfs_on_the_block_device(loopdev, sysroot):

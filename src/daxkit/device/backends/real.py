@@ -141,6 +141,14 @@ class RealBackend:
             self._bump()
             return self._words[0], self._merged
 
+    def refresh(self) -> None:
+        """Read the kernel's lists again; the generation moves only if they changed."""
+        with self._lock:
+            before = self._hw
+            self._refresh()
+            if self._hw != before:
+                self._bump()
+
     def rescan(self) -> None:
         """A scrub of a real device: the kernel's lists, read again now."""
         with self._lock:
