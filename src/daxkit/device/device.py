@@ -35,7 +35,6 @@ import threading
 import weakref
 from bisect import bisect_right
 from contextlib import suppress
-from dataclasses import dataclass, field
 
 from .. import _copymc
 from ..errors import (
@@ -50,9 +49,8 @@ from ..errors import (
     ReadOnly,
 )
 from ..medium import ranges
-from ..medium.badblocks import Badblocks, BadblocksCheck, Entry, parse_entry
 from ..medium.image import LIVE_GEN, LIVE_SCRUB_DONE, LIVE_SCRUB_PID, LIVE_SCRUB_TOTAL
-from ..medium.region import Region  # noqa: F401 - the type of a mapping region
+from ..medium.region import Region
 from ..medium.state import ErrorState
 from ..units import LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, align_down, align_up
 from .backends import Backend
@@ -63,6 +61,14 @@ from .interface import (  # noqa: F401
     RECOVERY_WRITE,
     RecoveredData,
     check_range,
+)
+from .known import (  # noqa: F401 - ScrubReport is public through daxkit
+    BadblocksView,
+    ScrubReport,
+    clear_medium,
+    forget_known,
+    make_known,
+    scrubbed,
 )
 
 PRE_REMOVE = MF_MEM_PRE_REMOVE
@@ -77,111 +83,6 @@ _WRITERS = (
     "inject_error", "uninject_error", "inject_poison",
 )
 WATCH_INTERVAL = 0.02
-
-
-@dataclass
-class ScrubReport:
-    ranges: list[tuple[int, int]] = field(default_factory=list)  # every poisoned (offset, length)
-    new_ranges: list[tuple[int, int]] = field(default_factory=list)  # known only since this scrub
-    bytes_scanned: int = 0
-    scrub_count: int = 0
-    overflow: bool = False  # the badblocks table could not take every range
-
-    def as_dict(self) -> dict:
-        return {
-            "ranges": [{"offset": o, "length": n} for o, n in self.ranges],
-            "new_ranges": [{"offset": o, "length": n} for o, n in self.new_ranges],
-            "bytes_scanned": self.bytes_scanned,
-            "scrub_count": self.scrub_count,
-            "overflow": self.overflow,
-        }
-
-
-# -- state transformers: pure functions of an ErrorState, the policy of clearing -----------------
-def _sectors_inside(ivs: ranges.Intervals) -> ranges.Intervals:
-    """The whole sectors inside each byte interval."""
-    inner = [(-(-s // SECTOR_SIZE), e // SECTOR_SIZE) for s, e in ivs]
-    return [(s, e) for s, e in inner if e > s]
-
-
-def _clear_medium(st: ErrorState, ivs: ranges.Intervals) -> ErrorState:
-    """The platform's clear-error command over byte intervals: poison and the injection records
-    it covers go."""
-    return st.with_(
-        poison=ranges.subtract(st.poison, ivs), injected=ranges.subtract(st.injected, _sectors_inside(ivs))
-    )
-
-
-def _forget_known(st: ErrorState, ivs: ranges.Intervals) -> ErrorState:
-    """Drop byte intervals from the bad range list and whole sectors inside them from badblocks."""
-    return st.with_(
-        bad_ranges=ranges.subtract(st.bad_ranges, ivs),
-        badblocks=st.badblocks.clear_runs(_sectors_inside(ivs)),
-    )
-
-
-def _make_known(st: ErrorState, ivs: ranges.Intervals) -> tuple[ErrorState, bool]:
-    """Add byte ranges to the bad range list and their covering sectors (acknowledged) to the
-    table.  Returns the state and whether the table overflowed: a full table takes what it can,
-    in address order (the kernel's badblocks_set), the kernel logs and goes on, and the bad
-    range list, which has no ceiling, still knows every range."""
-    bb, overflow = st.badblocks.set_runs(ranges.scale(ivs, SECTOR_SIZE), True)
-    return st.with_(bad_ranges=ranges.union(st.bad_ranges, ivs), badblocks=bb), overflow
-
-
-def _scrubbed(st: ErrorState, found: ranges.Intervals = ()) -> tuple[ErrorState, bool]:
-    """What an address range scrub leaves: every poisoned line (and ``found``, what the scan
-    saw) known, one more scrub counted.  Also returns whether the table overflowed."""
-    st2, overflow = _make_known(st, ranges.union(list(found), st.poison))
-    return st2.with_(scrub_count=st.scrub_count + 1), overflow
-
-
-class BadblocksView:
-    """``dev.badblocks``: the live table of a device (iterable of (sector, count, acknowledged))."""
-
-    def __init__(self, dev: DaxDevice):
-        self._dev = dev
-
-    def _table(self) -> Badblocks:
-        self._dev._sync_fresh()
-        return self._dev._state.badblocks
-
-    def __iter__(self):
-        return iter(list(self._table()))
-
-    def __len__(self) -> int:
-        return len(self._table())
-
-    def __bool__(self) -> bool:
-        return bool(self._table())
-
-    def __repr__(self) -> str:
-        return repr(self._table())
-
-    def entries(self) -> list[Entry]:
-        return list(self._table())
-
-    def text(self, unacknowledged_only: bool = False) -> str:
-        return self._table().text(unacknowledged_only)
-
-    def check(self, sector: int, count: int) -> BadblocksCheck:
-        return self._table().check(sector, count)
-
-    def add(self, text: str) -> None:
-        """What writing "<sector> <count>" to the sysfs file does: an acknowledged entry."""
-        sector, count = parse_entry(text)
-        if sector + count > self._dev.size // SECTOR_SIZE:
-            raise InvalidArgument(
-                f"badblocks: {sector}+{count} is past the device end "
-                f"({self._dev.size // SECTOR_SIZE} sectors)"
-            )
-        if not self._dev._be.emulated:  # a real device: the kernel's own file is written
-            if self._dev.readonly:
-                self._dev._refuse_change()
-            self._dev._be.add_listed(sector, count)
-            self._dev._sync()
-            return
-        self._dev._commit(lambda st: st.with_(badblocks=st.badblocks.set(sector, count, True)))
 
 
 class DaxDevice:
@@ -446,9 +347,9 @@ class DaxDevice:
     def _rewrite_pages(self, start: int, data: memoryview) -> None:
         """Clear the medium, write, then forget: the kernel's recovery order."""
         end = start + data.nbytes
-        self._commit(lambda st: _clear_medium(st, [(start, end)]))
+        self._commit(lambda st: clear_medium(st, [(start, end)]))
         self._store(data, start)
-        self._commit(lambda st: _forget_known(st, [(start, end)]))
+        self._commit(lambda st: forget_known(st, [(start, end)]))
 
     def recovery_write_subpage(self, offset: int, data) -> list[tuple[int, int]]:
         """Sub-page recovery write (SPEC 4).  The pages touched are cleared and rewritten with
@@ -467,9 +368,9 @@ class DaxDevice:
             for line in range(align_down(s, LINE_SIZE), s + length, LINE_SIZE):
                 if not (offset <= line and line + LINE_SIZE <= offset + n):
                     kept = ranges.add(kept, line, line + LINE_SIZE)
-        self._commit(lambda st: _clear_medium(st, [(first, last)]))
+        self._commit(lambda st: clear_medium(st, [(first, last)]))
         self._store(memoryview(pages), first)
-        self._commit(lambda st: _make_known(_forget_known(st, [(first, last)]), kept)[0])
+        self._commit(lambda st: make_known(forget_known(st, [(first, last)]), kept)[0])
         return [(s, e - s) for s, e in kept]
 
     def zero_page_range(self, pgoff: int, nr_pages: int) -> None:
@@ -544,7 +445,7 @@ class DaxDevice:
                 f"aligned to clear_err_unit {unit}; nothing written"
             )
         end = offset + n
-        self._commit(lambda st: _forget_known(_clear_medium(st, [(offset, end)]), [(offset, end)]))
+        self._commit(lambda st: forget_known(clear_medium(st, [(offset, end)]), [(offset, end)]))
 
     def _store(self, data, offset: int) -> None:
         """The data write of a clearing sequence.  Emulated: a plain store of bytes, safe over
@@ -659,7 +560,7 @@ class DaxDevice:
         page = align_down(line, PAGE_SIZE)
         with suppress(ReadOnly):  # a read-only open of an image cannot record it; the read still fails
             self._commit(
-                lambda st: _make_known(st, [(line, line + LINE_SIZE)])[0],
+                lambda st: make_known(st, [(line, line + LINE_SIZE)])[0],
                 holder_report=lambda h: h.notify_failure(page, PAGE_SIZE, MF_ACTION_REQUIRED),
             )
 
@@ -703,7 +604,7 @@ class DaxDevice:
                     holder.notify_failure(p * PAGE_SIZE, PAGE_SIZE, MF_ACTION_REQUIRED)
 
             with suppress(ReadOnly):
-                self._commit(lambda st: _make_known(st, latent)[0], holder_report=tell)
+                self._commit(lambda st: make_known(st, latent)[0], holder_report=tell)
         bad = ranges.clip(self._bad_lines(), offset, end)
         for s, e in bad:
             dst[s - offset : e - offset] = bytes(e - s)
@@ -736,7 +637,7 @@ class DaxDevice:
 
         # With notify the scrub is part of the same commit: a state too large to store is
         # refused before anything changes, never after the injection alone went in.
-        self._commit((lambda st: _scrubbed(injected(st))[0]) if notify else injected)
+        self._commit((lambda st: scrubbed(injected(st))[0]) if notify else injected)
 
     def uninject_error(self, block: int, count: int = 1) -> None:
         self._require_emulated("uninject-error")
@@ -796,7 +697,7 @@ class DaxDevice:
             report = ScrubReport(bytes_scanned=self.size)
 
             def change(st: ErrorState) -> ErrorState:
-                st2, report.overflow = _scrubbed(st, found)
+                st2, report.overflow = scrubbed(st, found)
                 return st2
 
             st = self._commit(change)
@@ -833,10 +734,10 @@ class DaxDevice:
         unit = max(self.clear_err_unit, SECTOR_SIZE)
         cleared = [(s * unit, min(e * unit, self.size)) for s, e in ranges.scale(self._known, unit)]
         if cleared:
-            self._commit(lambda st: _clear_medium(st, cleared))
+            self._commit(lambda st: clear_medium(st, cleared))
             for s, e in cleared:
                 self._store(bytes(e - s), s)
-            self._commit(lambda st: _forget_known(st, cleared))
+            self._commit(lambda st: forget_known(st, cleared))
         return [(s, e - s) for s, e in cleared]
 
     # -- reports ------------------------------------------------------------------------------
