@@ -58,3 +58,35 @@ def test_devdax_known_errors_and_refusals(zero_as_dax):
 def test_char_devices_sysfs_does_not_know_are_refused(tmp_path):
     with pytest.raises(daxkit.ImageError, match="device-dax device that sysfs knows"):
         daxkit.open("/dev/null", sysfs_root=str(tmp_path))
+
+
+def test_clear_error_goes_to_the_bus(tmp_path):
+    """With the region under an nvdimm bus (as sysfs has it), the clear-error command is sent to
+    the bus's control device; here there is no such device node, and the refusal names it."""
+    from daxkit.device.backends import sysfs
+
+    if not os.access("/dev/zero", os.R_OK | os.W_OK):
+        pytest.skip("/dev/zero cannot be opened read-write here")
+    root = str(tmp_path / "sys")
+    rdev = os.stat("/dev/zero").st_rdev
+    bus = os.path.join(root, "devices", "ndbus7")
+    write(root, "devices/ndbus7/ndctl7/dev", "250:7\n")
+    write(root, "devices/ndbus7/region0/resource", "0x100000000\n")
+    write(root, "devices/ndbus7/region0/badblocks", "2048 8\n")
+    write(root, "devices/ndbus7/region0/namespace0.0/resource", "0x100100000\n")
+    write(root, "devices/ndbus7/region0/namespace0.0/size", str(2 << 20) + "\n")
+    write(root, "devices/ndbus7/region0/dax0.1/dax0.0/size", str(2 << 20) + "\n")
+    write(root, "devices/ndbus7/region0/dax0.1/dax0.0/resource", "0x100100000\n")
+    os.symlink("../namespace0.0", os.path.join(bus, "region0", "dax0.1", "namespace"))
+    os.makedirs(os.path.join(root, "bus", "nd", "devices"))
+    os.symlink(os.path.join(bus, "region0"), os.path.join(root, "bus", "nd", "devices", "region0"))
+    os.makedirs(os.path.join(root, "dev", "char"))
+    os.symlink(os.path.join(bus, "region0", "dax0.1", "dax0.0"),
+               os.path.join(root, "dev", "char", f"{os.major(rdev)}:{os.minor(rdev)}"))  # fmt: skip
+    dev_root = str(tmp_path / "dev")
+    assert sysfs.dax_device_place(root, "dax0.0", dev_root) == (os.path.join(dev_root, "ndctl7"), 0x100100000)
+    with daxkit.open("/dev/zero", sysfs_root=root) as dev:
+        assert dev.known_errors() == [(0, 8 * 512)]
+        with pytest.raises(daxkit.NotSupported, match="/dev/ndctl7") as ei:
+            dev.recovery_write(0, 0, bytes(P))
+        assert ei.value.errno == errno.EOPNOTSUPP

@@ -2,21 +2,29 @@
 
 Mapped with ``mmap`` (MAP_SHARED; the kernel wants the device's alignment, 2 MiB on most
 platforms, for the mapping length and offset); known errors are the region's ``badblocks``,
-clipped to this device through the ``resource`` files.  Clearing needs the platform's
-clear-error command (ND_CMD_CLEAR_ERROR on the nvdimm bus, what ``ndctl clear-errors`` issues as
-root); daxkit does not issue it, so a write over a listed sector is refused with EOPNOTSUPP and
-that reason, and bytes elsewhere are plain stores.
+clipped to this device through the ``resource`` files.  A write over a listed sector first
+sends the platform's clear-error command for it (ND_CMD_CLEAR_ERROR through the bus's
+/dev/ndctlN, what ``ndctl clear-errors`` uses; the kernel then drops the sectors from its
+lists); without a bus to send it to, or where the platform does not clear, the write is refused
+with EOPNOTSUPP and the reason, and without root with EACCES saying so.  Bytes elsewhere are
+plain stores.  (Only hardware exercises the command: see tests/hardware.)
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import struct
 
-from ...errors import ImageError, NotSupported
+from ...errors import DaxError, ImageError, NotSupported
 from ...medium.region import Region
 from ...units import PAGE_SIZE, SECTOR_SIZE
 from .real import RealBackend, open_fd
-from .sysfs import Runs, dax_device_runs, parse_number, read_text
+from .sysfs import Runs, dax_device_place, dax_device_runs, parse_number, read_text
+
+ND_IOCTL_CLEAR_ERROR = 0xC0204E04  # _IOWR('N', ND_CMD_CLEAR_ERROR, struct nd_cmd_clear_error)
+_CLEAR = struct.Struct("=QQI4xQ")  # address, length, status, reserved, cleared
 
 
 class DevDaxBackend(RealBackend):
@@ -67,13 +75,53 @@ class DevDaxBackend(RealBackend):
 
     def write_clearing(self, data, offset: int) -> None:
         n = memoryview(data).nbytes
-        if self.hardware_bad(offset, n):
+        bad = self.hardware_bad(offset, n)
+        if bad:
+            self._clear_error(bad)
+        self.medium_write(data, offset)
+        if bad:
+            self._check_cleared(offset, n, "the platform's clear-error command succeeded")
+
+    def _clear_error(self, bad: list[tuple[int, int]]) -> None:
+        """ND_CMD_CLEAR_ERROR over each listed range, by system physical address."""
+        place = dax_device_place(self.sysfs_root, self.name)
+        if place is None:
             raise NotSupported(
-                "device-dax: clearing poison needs the platform's clear-error command "
-                "(`ndctl clear-errors`, as root); daxkit does not issue it",
+                "device-dax: clearing poison needs the platform's clear-error command, and sysfs shows "
+                "no nvdimm bus (/dev/ndctlN) to send it to for this device",
                 path=self.path,
             )
-        self.medium_write(data, offset)
+        bus, base = place
+        try:
+            fd = os.open(bus, os.O_RDWR | os.O_CLOEXEC)
+        except PermissionError as e:
+            raise DaxError(
+                f"device-dax: clearing poison goes through {bus}, which needs root ({e.strerror})",
+                errno=e.errno,
+                path=self.path,
+            ) from None
+        except OSError as e:
+            raise NotSupported(
+                f"device-dax: cannot open {bus} to clear poison: {e.strerror}", path=self.path
+            ) from None
+        try:
+            for s, length in bad:
+                arg = bytearray(_CLEAR.pack(base + s, length, 0, 0))
+                try:
+                    fcntl.ioctl(fd, ND_IOCTL_CLEAR_ERROR, arg)
+                except OSError as e:
+                    code = e.errno if e.errno in (errno.EPERM, errno.EACCES) else errno.EOPNOTSUPP
+                    raise DaxError(f"device-dax: the clear-error command failed: {e.strerror}",
+                                   errno=code, path=self.path) from None  # fmt: skip
+                _, _, status, cleared = _CLEAR.unpack(arg)
+                if status or cleared < length:
+                    raise NotSupported(
+                        f"device-dax: the platform cleared {cleared} of {length} bytes at offset {s} "
+                        f"(status {status:#x}): not clearable here",
+                        path=self.path,
+                    )
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self._raw.close()

@@ -250,3 +250,21 @@ def dax_device_runs(sysfs_root: str, name: str) -> tuple[Runs, str | None]:
             return [], bb
         return region_share(parse_badblocks(read_text(bb)), region_start, start, size), bb
     return [], None
+
+
+def dax_device_place(sysfs_root: str, name: str, dev_root: str = "/dev") -> tuple[str, int] | None:
+    """(the bus's control device, the system physical address of the dax device's first byte):
+    where a clear-error command for it goes.  None when sysfs shows no bus or no address."""
+    for region, ns in namespace_dirs(sysfs_root):
+        where = _child_dir(ns, "dax")
+        if where is None or os.path.basename(where) != name:
+            continue
+        start = parse_number(read_text(os.path.join(where, "resource")))
+        if start is None:
+            start = parse_number(read_text(os.path.join(ns, "resource")))
+        bus = os.path.dirname(os.path.realpath(region))  # regionN lives under its ndbusN
+        ctl = next(iter(_names(os.path.join(bus, "ndctl*"))), None)
+        if start is None or ctl is None:
+            return None
+        return os.path.join(dev_root, os.path.basename(ctl)), start
+    return None
