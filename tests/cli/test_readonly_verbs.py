@@ -75,5 +75,11 @@ def test_read_only_api_refuses_changes(readable_image):
             assert ei.value.errno == 30  # EROFS
         with pytest.raises(daxkit.ReadOnly):
             daxkit.mount(dev)  # a read-write mount would make itself the holder
+        with dev.map(0, 4096) as m:
+            before = m.read(0, 64)
+            for call in (lambda: m.write(0, b"x"), lambda: m.recover(0, bytes(4096))):
+                with pytest.raises(daxkit.ReadOnly):
+                    call()
+            assert m.read(0, 64) == before
         with daxkit.mount(dev, readonly=True) as fs, fs.open("/f", "r") as f:
             assert f.read() == b"hello" * 1000

@@ -136,6 +136,8 @@ class DaxMapping:
 
     def write(self, offset: int, data) -> int:
         dev = self._dev
+        if dev.readonly:
+            dev._refuse_change()
         dev._sync()
         src = memoryview(data).cast("B")
         n = src.nbytes
@@ -168,6 +170,8 @@ class DaxMapping:
         """Rewrite in place and clear poison.  Whole pages are cleared, rewritten and mapped back
         in.  A write that covers part of a page (SPEC 4) rewrites the page with the new bytes over
         its recovered clean lines; bad lines it does not cover whole stay reported bad."""
+        if self._dev.readonly:
+            self._dev._refuse_change()
         src = memoryview(data).cast("B")
         n = src.nbytes
         self._check(offset, n)
