@@ -78,6 +78,9 @@ def test_reports_exactly_the_file_ranges(setup):
             assert ei.value.errno == errno.EIO
         with pytest.raises(daxkit.HWPoisonError):
             dev.direct_access(3, 1)
+        got = dev.read_recover(3 * P, P)  # every clean byte, zeroes on the listed sector
+        assert got.bad == [(3 * P + 1024, 512)]
+        assert bytes(got.data) == data[3 * P : 3 * P + 1024] + bytes(512) + data[3 * P + 1536 : 4 * P]
         with pytest.raises(daxkit.NotSupported, match="real file"):
             dev.inject_error(0)
         with dev.map(0, 16 * P) as m:
