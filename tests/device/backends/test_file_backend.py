@@ -263,3 +263,23 @@ def test_cli_clears_a_real_file(setup):
     with open(path, "rb") as f:
         got = f.read()
     assert got == data[: 4 * P] + bytes(P) + data[5 * P : 10 * P] + b"\x5a" * P + data[11 * P :]
+
+
+def test_adding_badblocks_without_root_says_so(setup):
+    """Writing the kernel's badblocks file is root's: a caller without the permission override
+    (the child drops it) is told so, and nothing changes."""
+    import subprocess
+    import sys
+
+    from tests.cli.test_cli_args import _without_root_override
+
+    path, data, bb, root = setup
+    os.chmod(bb, 0o444)  # as sysfs has it for everyone but root
+    r = subprocess.run(
+        [sys.executable, "-m", "daxkit.cli.main", "badblocks", path, "--add", "2 1", "--sysfs-root", root],
+        capture_output=True,
+        timeout=60,
+        preexec_fn=_without_root_override,
+    )
+    assert r.returncode == 1 and b"only root" in r.stderr and b"Traceback" not in r.stderr, r.stderr
+    assert open(bb).read() == ""
