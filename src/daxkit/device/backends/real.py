@@ -44,6 +44,7 @@ from ...units import SECTOR_SIZE
 from .sysfs import Runs, read_text
 
 WATCH_INTERVAL = 0.05  # seconds between re-reads where poll() cannot signal (a fake tree)
+# (on the kernel's sysfs, poll() wakes at once on a change; the wait is 1 s there)
 _HOLDER_BYTE = 1
 
 
@@ -274,6 +275,10 @@ def _watch(ref, stop: threading.Event, paths: list[str]) -> None:
     """Wait in poll() on the badblocks files; when a text changes, mark the state stale and move
     the generation word, so the device's own watcher tells mappings and the holder."""
     last = [read_text(p) for p in paths]
+    # The kernel's own files wake poll() when they change (sysfs_notify); the timeout is only a
+    # safety net there.  Anything else (a fake tree) never signals and is re-read on a timer.
+    real_sysfs = all(os.path.realpath(p).startswith("/sys/") for p in paths)
+    timeout_ms = 1000 if real_sysfs else WATCH_INTERVAL * 1000
     while not stop.is_set():
         poller = select.poll()
         fds = []
@@ -284,7 +289,7 @@ def _watch(ref, stop: threading.Event, paths: list[str]) -> None:
                 poller.register(fd, select.POLLPRI | select.POLLERR)
                 fds.append(fd)
         try:
-            poller.poll(WATCH_INTERVAL * 1000)
+            poller.poll(timeout_ms)
         finally:
             for fd in fds:
                 os.close(fd)
