@@ -64,17 +64,32 @@ class Region:
     ``writable=False`` maps read-only (a read-only open).  ``sync=True`` asks for
     MAP_SHARED_VALIDATE|MAP_SYNC (stores durable without msync, on a DAX file system) and falls
     back to MAP_SHARED where the file system refuses it; ``synchronous`` says which one it got,
-    so ``flush`` knows whether msync is needed."""
+    so ``flush`` knows whether msync is needed.  ``align`` > PAGE_SIZE places the region at an
+    address that is a multiple of it (device-dax refuses a mapping that is not); ``mm`` is then a
+    memoryview of that part of a larger reservation."""
 
     def __init__(
-        self, fd: int, pieces: list[tuple[int, int, int]], length: int, *, writable: bool = True,
+        self,
+        fd: int,
+        pieces: list[tuple[int, int, int]],
+        length: int,
+        *,
+        writable: bool = True,
         sync: bool = False,
+        align: int = PAGE_SIZE,
     ):
         self.length = length
         self._prot = _RW if writable else mmap.PROT_READ
         self.synchronous = False
-        self.mm = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE, prot=self._prot)
-        self.addr = address_of(self.mm)
+        if align > PAGE_SIZE:
+            self._owner = mmap.mmap(-1, length + align, flags=mmap.MAP_PRIVATE, prot=self._prot)
+            base = address_of(self._owner)
+            skip = -base % align
+            self.mm = memoryview(self._owner)[skip : skip + length]
+            self.addr = base + skip
+        else:
+            self.mm = self._owner = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE, prot=self._prot)
+            self.addr = address_of(self.mm)
         self._none: ranges.Intervals = []  # region pages that are PROT_NONE
         for roff, foff, n in pieces:
             got = _MAP_FAILED
@@ -85,14 +100,14 @@ class Region:
                 got = _libc.mmap(self.addr + roff, n, self._prot, mmap.MAP_SHARED | _MAP_FIXED, fd, foff)
             if got == _MAP_FAILED or got != self.addr + roff:
                 err = ctypes.get_errno()
-                self.mm.close()
+                self.close()
                 raise OSError(err, f"mmap of file offset {foff}: {os.strerror(err)}")
 
     def flush(self) -> None:
         """Make stores durable: msync unless the mapping is MAP_SYNC (then CPU cache flushes
         suffice, which a Python store cannot issue; the kernel's DAX path made them durable)."""
         if not self.synchronous and self._prot == _RW:
-            self.mm.flush()
+            self._owner.flush()
 
     def protect(self, none_pages: ranges.Intervals) -> None:
         """Make exactly ``none_pages`` (region page intervals) PROT_NONE, the rest read-write."""
@@ -116,7 +131,9 @@ class Region:
     def close(self) -> bool:
         """Unmap now if no view is left; otherwise Python unmaps when the last view dies."""
         try:
-            self.mm.close()
+            if self.mm is not self._owner:
+                self.mm.release()
+            self._owner.close()
             return True
         except BufferError:
             return False

@@ -23,7 +23,8 @@ def zero_as_dax(tmp_path):
         pytest.skip("/dev/zero cannot be opened read-write here")
     root = str(tmp_path / "sys")
     rdev = os.stat("/dev/zero").st_rdev
-    write(root, "devices/region0/dax0.1/dax0.0/size", str(2 << 20) + "\n")
+    write(root, "devices/region0/dax0.1/dax0.0/size", str(4 << 20) + "\n")
+    write(root, "devices/region0/dax0.1/dax0.0/align", str(2 << 20) + "\n")
     os.makedirs(os.path.join(root, "dev", "char"))
     os.symlink(
         "../../devices/region0/dax0.1/dax0.0",
@@ -40,7 +41,12 @@ def zero_as_dax(tmp_path):
 
 def test_devdax_known_errors_and_refusals(zero_as_dax):
     with daxkit.open("/dev/zero", sysfs_root=zero_as_dax) as dev:
-        assert dev.info()["backend"] == "devdax" and dev.size == 2 << 20
+        assert dev.info()["backend"] == "devdax" and dev.size == 4 << 20
+        assert dev._region.addr % (2 << 20) == 0  # the kernel refuses an unaligned device-dax mapping
+        with pytest.raises(daxkit.InvalidArgument, match="alignment"):
+            dev.map(P, P)
+        with dev.map(2 << 20, 2 << 20) as m:
+            assert m.read(0, 16) == bytes(16)
         # region sectors 2040..2050 and 2048..2064 lie at namespace sectors 0..16
         assert dev.known_errors() == [(0, 16 * 512)]
         assert dev.pread(P, 2 * P) == bytes(P)

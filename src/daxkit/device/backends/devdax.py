@@ -17,7 +17,7 @@ import fcntl
 import os
 import struct
 
-from ...errors import DaxError, ImageError, NotSupported
+from ...errors import DaxError, ImageError, InvalidArgument, NotSupported
 from ...medium.region import Region
 from ...units import PAGE_SIZE, SECTOR_SIZE
 from .real import RealBackend, open_fd
@@ -25,6 +25,7 @@ from .sysfs import Runs, dax_device_place, dax_device_runs, parse_number, read_t
 
 ND_IOCTL_CLEAR_ERROR = 0xC0204E04  # _IOWR('N', ND_CMD_CLEAR_ERROR, struct nd_cmd_clear_error)
 _CLEAR = struct.Struct("=QQI4xQ")  # address, length, status, reserved, cleared
+_DEFAULT_ALIGN = 2 << 20  # what device-dax uses where sysfs does not say (PMD size on x86-64)
 
 
 class DevDaxBackend(RealBackend):
@@ -46,13 +47,28 @@ class DevDaxBackend(RealBackend):
                 f"(no size for {self.name} under {sysfs_root})",
                 path=path,
             )
+        # the kernel maps a device-dax device only in whole units of its alignment
+        device_dir = os.path.realpath(link) if known else ""
+        self.align = parse_number(read_text(os.path.join(device_dir, "align"))) if known else None
+        if not self.align or self.align & (self.align - 1) or self.align < PAGE_SIZE:
+            self.align = _DEFAULT_ALIGN
         fd = open_fd(path, readonly)
         try:
             super().__init__(path, fd, size // PAGE_SIZE * PAGE_SIZE, SECTOR_SIZE, readonly)
-            self._raw = Region(fd, [(0, 0, self.size)], self.size, writable=not readonly)
+            self._raw = self.map_region([(0, 0, self.size)], self.size)
         except BaseException:
             os.close(fd)
             raise
+
+    def map_region(self, pieces: list[tuple[int, int, int]], length: int) -> Region:
+        for _, foff, n in pieces:
+            if foff % self.align or (n % self.align and foff + n != self.size):
+                raise InvalidArgument(
+                    f"device-dax maps whole units of its alignment ({self.align} bytes): "
+                    f"offset {foff} length {n} is not one",
+                    path=self.path,
+                )
+        return Region(self.fd, pieces, length, writable=not self.readonly, align=self.align)
 
     def hardware_runs(self) -> Runs:
         return dax_device_runs(self.sysfs_root, self.name)[0]
