@@ -397,18 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_VerbParser)
     sub.required = True
 
-    def verb(name: str, fn, help: str, image: bool = True, optional_image: bool = False):
+    def verb(name: str, fn, help: str, image: bool = True, optional_image: bool = False, sysfs: bool = True):
         sp = sub.add_parser(name, help=help, description=help)
         if image:
             what = "device: an image, /dev/pmemN, /dev/daxX.Y or a regular file"
             sp.add_argument("image", metavar="IMG", help=what, nargs="?" if optional_image else None)
+        if image and sysfs:  # create makes an image; mount serves with the machine's own /sys
             sp.add_argument(
                 "--sysfs-root", metavar="DIR", default="/sys", help="where a real device's errors are listed"
             )
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = verb("create", cmd_create, "create a new emulated device image")
+    sp = verb("create", cmd_create, "create a new emulated device image", sysfs=False)
     sp.add_argument("-s", "--size", type=_size, required=True, help="data area size, e.g. 64M")
     sp.add_argument(
         "--clear-err-unit", type=_integer(daxkit.LINE_SIZE), default=daxkit.DEFAULT_CLEAR_ERR_UNIT
@@ -482,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repair", action="store_true", help="rewrite damaged metadata copies from good ones")
     verb("df", cmd_df, "the filesystem's statfs and redundancy (JSON)")
     verb("repair", cmd_repair, "repair what redundancy allows; JSON report; exit 4 when something is lost")
-    sp = verb("mount", cmd_mount, "serve the filesystem through FUSE")
+    sp = verb("mount", cmd_mount, "serve the filesystem through FUSE", sysfs=False)
     sp.add_argument("mountpoint", metavar="MNT")
     sp.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
     sp.add_argument("--private", action="store_true", help="only the mounting user may use the mount")
