@@ -55,7 +55,7 @@ import zlib
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
 
-from ..errors import DaxError, ImageError, ImageNotFound, InvalidArgument, NoSpace
+from ..errors import DaxError, ImageError, ImageNotFound, InvalidArgument, NoSpace, ReadOnly
 from ..units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE, align_up
 from .state import ErrorState
 
@@ -234,10 +234,11 @@ def _ofd_lock(kind: int, byte: int) -> bytes:
 class Image:
     """An open image: its geometry, the shared error state, and the data area's file."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, readonly: bool = False):
         self.path = path
+        self.readonly = readonly
         try:
-            self.fd = os.open(path, os.O_RDWR)
+            self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
         except FileNotFoundError:
             raise ImageNotFound("no such file", path=path) from None
         except IsADirectoryError:
@@ -246,7 +247,8 @@ class Image:
             raise ImageError(f"cannot open: {e.strerror}", errno=e.errno, path=path) from None
         try:
             self._read_info()
-            self.live = mmap.mmap(self.fd, PAGE_SIZE, offset=LIVE_OFFSET)
+            access = mmap.ACCESS_READ if readonly else mmap.ACCESS_DEFAULT
+            self.live = mmap.mmap(self.fd, PAGE_SIZE, offset=LIVE_OFFSET, access=access)
             self.words = memoryview(self.live).cast("Q")
             self._tlock = threading.RLock()
             self._scrubs = 0  # scrubs running on this open (threads share its OFD lock)
@@ -337,7 +339,7 @@ class Image:
                 "its slot fails its checksum)",
                 path=self.path,
             )
-        if best[0] > self.words[LIVE_GEN]:
+        if best[0] > self.words[LIVE_GEN] and not self.readonly:
             # A committer died between its slot and the word: publish for it, or every
             # reader would see "changed" on every access until the next commit.
             self.words[LIVE_GEN] = best[0]
@@ -384,7 +386,10 @@ class Image:
     def commit(self, change: Callable[[ErrorState], ErrorState]) -> tuple[int, ErrorState]:
         """Apply ``change`` to the newest state atomically, serialized with every other process.
         ``change`` may raise to abort; nothing is committed then, nor when the file system
-        cannot store the new state (the one limit left)."""
+        cannot store the new state (the one limit left).  A read-only open changes nothing
+        (ReadOnly, EROFS)."""
+        if self.readonly:
+            raise ReadOnly("opened read-only: the error state cannot change", path=self.path)
         with self._flock(fcntl.LOCK_EX):
             seq, state, slot, keep = self._read_slots()
             new = change(state)
@@ -417,6 +422,8 @@ class Image:
     def claim_holder(self) -> bool:
         """Take the cross-process holder claim; False if another open of the image has it.
         OFD locks belong to this open, so a second open in the same process is refused too."""
+        if self.readonly:
+            raise ReadOnly("opened read-only: cannot become the device's holder", path=self.path)
         try:
             fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_WRLCK, self._HOLDER_BYTE))
             return True
