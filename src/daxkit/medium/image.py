@@ -57,6 +57,7 @@ from contextlib import contextmanager, suppress
 
 from ..errors import DaxError, ImageError, ImageNotFound, InvalidArgument, NoSpace, ReadOnly
 from ..units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE, align_up
+from . import locks
 from .state import ErrorState
 
 MAGIC = b"DAXKITIM"
@@ -224,11 +225,6 @@ def _install(tmp: str, path: str, force: bool) -> None:
         os.replace(tmp, path)
     else:
         os.unlink(tmp)
-
-
-def _ofd_lock(kind: int, byte: int) -> bytes:
-    """struct flock for one byte (l_pid must be 0 for OFD locks)."""
-    return struct.pack("hhqqi4x", kind, os.SEEK_SET, byte, 1, 0)
 
 
 class Image:
@@ -417,34 +413,24 @@ class Image:
             return seq, new
 
     # -- the holder claim: one holder per device across processes ---------------------------
-    _HOLDER_BYTE = 1  # an OFD byte-range lock; flock (used for commits) does not interact with it
-
     def claim_holder(self) -> bool:
-        """Take the cross-process holder claim; False if another open of the image has it.
-        OFD locks belong to this open, so a second open in the same process is refused too."""
+        """Take the cross-process holder claim; False if another open of the image has it
+        (a second open in the same process too: the lock is this open's)."""
         if self.readonly:
             raise ReadOnly("opened read-only: cannot become the device's holder", path=self.path)
-        try:
-            fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_WRLCK, self._HOLDER_BYTE))
-            return True
-        except OSError as e:
-            if e.errno in (_errno.EAGAIN, _errno.EACCES):
-                return False
-            raise
+        return locks.try_lock(self.fd, locks.HOLDER_BYTE)
 
     def release_holder(self) -> None:
-        fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_UNLCK, self._HOLDER_BYTE))
+        locks.unlock(self.fd, locks.HOLDER_BYTE)
 
     # -- who is scrubbing: a shared OFD lock on byte 2 while any scrub of this open runs ------
-    _SCRUB_BYTE = 2
-
     @contextmanager
     def scrubbing(self):
         """Mark a scrub as running for as long as the block runs (and not a moment longer, even
         if the process is killed: the lock goes with the open file)."""
         with self._tlock:
             if self._scrubs == 0:
-                fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_RDLCK, self._SCRUB_BYTE))
+                fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, locks.ofd_lock(fcntl.F_RDLCK, locks.SCRUB_BYTE))
             self._scrubs += 1
         try:
             yield
@@ -452,13 +438,13 @@ class Image:
             with self._tlock:
                 self._scrubs -= 1
                 if self._scrubs == 0:
-                    fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_UNLCK, self._SCRUB_BYTE))
+                    locks.unlock(self.fd, locks.SCRUB_BYTE)
 
     def scrub_running(self) -> bool:
         """Is any open of this image scrubbing now?  (A pid in the live page is only a hint.)"""
         if self._scrubs:
             return True
-        probe = fcntl.fcntl(self.fd, fcntl.F_OFD_GETLK, _ofd_lock(fcntl.F_WRLCK, self._SCRUB_BYTE))
+        probe = fcntl.fcntl(self.fd, fcntl.F_OFD_GETLK, locks.ofd_lock(fcntl.F_WRLCK, locks.SCRUB_BYTE))
         return struct.unpack_from("h", probe)[0] != fcntl.F_UNLCK
 
     # -- the data area ----------------------------------------------------------------------

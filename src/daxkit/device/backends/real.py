@@ -25,18 +25,15 @@ Theory of operation
 
 from __future__ import annotations
 
-import errno as _errno
-import fcntl
 import os
 import select
-import struct
 import threading
 import weakref
 from array import array
 from contextlib import contextmanager, suppress
 
 from ...errors import DaxError, MediaError, NotSupported, ReadOnly
-from ...medium import ranges
+from ...medium import locks, ranges
 from ...medium.badblocks import Badblocks
 from ...medium.region import Region
 from ...medium.state import ErrorState
@@ -45,11 +42,6 @@ from .sysfs import Runs, read_text
 
 WATCH_INTERVAL = 0.05  # seconds between re-reads where poll() cannot signal (a fake tree)
 # (on the kernel's sysfs, poll() wakes at once on a change; the wait is 1 s there)
-_HOLDER_BYTE = 1
-
-
-def _ofd_lock(kind: int, byte: int) -> bytes:
-    return struct.pack("hhqqi4x", kind, os.SEEK_SET, byte, 1, 0)
 
 
 def open_fd(path: str, readonly: bool, extra: int = 0) -> int:
@@ -236,16 +228,10 @@ class RealBackend:
     def claim_holder(self) -> bool:
         if self.readonly:
             raise ReadOnly("opened read-only: cannot become the device's holder", path=self.path)
-        try:
-            fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_WRLCK, _HOLDER_BYTE))
-            return True
-        except OSError as e:
-            if e.errno in (_errno.EAGAIN, _errno.EACCES):
-                return False
-            raise
+        return locks.try_lock(self.fd, locks.HOLDER_BYTE)
 
     def release_holder(self) -> None:
-        fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_UNLCK, _HOLDER_BYTE))
+        locks.unlock(self.fd, locks.HOLDER_BYTE)
 
     @contextmanager
     def scrubbing(self):
