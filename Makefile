@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench venv sysdeps clean
+.PHONY: demo test test-hardware bench venv sysdeps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -11,9 +11,10 @@ $(BIN)/python:
 
 # Debian packages: fuse3 + libfuse3-dev + pkg-config (the FUSE mount), fio (the FUSE fio test),
 # strace (copy_mc's no-system-call check), libisal-dev (ISA-L's CRC32C: the parity store path,
-# src/daxkit/_parity.c; without it that path runs in Python). Installed when missing and we are root with apt-get;
-# elsewhere the tests that need them skip.
-SYSDEPS := fuse3 libfuse3-dev pkg-config fio strace libisal-dev
+# src/daxkit/_parity.c; without it that path runs in Python), e2fsprogs + xfsprogs + util-linux
+# (ext4 and xfs on a loop device for the real-backend tests: mkfs, filefrag, losetup). Installed
+# when missing and we are root with apt-get; elsewhere the tests that need them skip.
+SYSDEPS := fuse3 libfuse3-dev pkg-config fio strace libisal-dev e2fsprogs xfsprogs util-linux
 
 sysdeps:
 	@missing=""; for p in $(SYSDEPS); do \
@@ -35,6 +36,11 @@ demo: sysdeps venv
 
 test: sysdeps venv
 	$(BIN)/python -m pytest tests
+
+# What only real persistent memory exercises (README, "Real devices"): run as root on a machine with
+# /dev/pmemN, /dev/daxX.Y or a DAX mount (or name them: DAXKIT_PMEM, DAXKIT_DAX, DAXKIT_DAX_DIR).
+test-hardware: sysdeps venv
+	$(BIN)/python -m pytest tests/hardware -v -rs
 
 bench: venv
 	$(BIN)/daxkit bench

@@ -560,6 +560,17 @@ def bench_fuse(b: Bench, work: str, only: str | None) -> None:
         subprocess.run([*cli, "umount", mnt], capture_output=True)
 
 
+def _bench_backends(b: Bench, work: str, only: str | None) -> None:
+    """benchmarks/bench_backends.py, loaded beside this file (run.py is loaded by path)."""
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(__file__), "bench_backends.py")
+    spec = importlib.util.spec_from_file_location("daxkit_bench_backends", here)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.bench_backends(b, work, only)
+
+
 def main(quick: bool = False, only: str | None = None) -> None:
     import platform
 
@@ -573,6 +584,7 @@ def main(quick: bool = False, only: str | None = None) -> None:
         bench_fs(b, work, only)
         bench_parity(b, work, only)
         bench_fuse(b, work, only)
+        _bench_backends(b, work, only)
     bench_copy_mc(b, only)
     b.report()
 

@@ -16,6 +16,7 @@ import os as _os
 
 from . import _copymc
 from ._copymc import copy_mc
+from .device.backends import open_backend
 from .device.device import (
     ACCESS,
     MF_ACTION_REQUIRED,
@@ -41,6 +42,7 @@ from .errors import (
     NotSupported,
     OutOfRange,
     PoisonError,
+    ReadOnly,
 )
 from .fs.daxfs import (
     FALLOC_FL_KEEP_SIZE,
@@ -55,7 +57,7 @@ from .fs.daxfs import (
 from .fs.fsck import fsck
 from .fs.superblock import CorruptFilesystem, mkfs
 from .medium.badblocks import BB_MAX_LEN, MAX_BADBLOCKS, Badblocks
-from .medium.image import Image, create_image
+from .medium.image import create_image
 from .units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, parse_size
 
 __version__ = "0.1.0"
@@ -97,9 +99,14 @@ def create(
     return open(path)
 
 
-def open(path: str | bytes | _os.PathLike) -> DaxDevice:  # noqa: A001 - the SPEC's name
-    """Open an emulated device image; a missing one raises ImageNotFound (a FileNotFoundError)."""
-    return DaxDevice(Image(_os.fsdecode(path)))
+def open(  # noqa: A001 - the SPEC's name
+    path: str | bytes | _os.PathLike, *, readonly: bool = False, sysfs_root: str = "/sys"
+) -> DaxDevice:
+    """Open a device (SPEC 2.1, 7): an emulated image, a pmem block device, a device-dax device or
+    a regular file, chosen by what stat() says.  ``readonly`` opens without write access (every
+    change raises ReadOnly, EROFS); ``sysfs_root`` is where the known errors of a real device are
+    read.  A missing path raises ImageNotFound (a FileNotFoundError)."""
+    return DaxDevice(open_backend(_os.fsdecode(path), readonly=readonly, sysfs_root=_os.fsdecode(sysfs_root)))
 
 
 def mount(dev: DaxDevice, *, readonly: bool = False) -> DaxFS:
@@ -152,5 +159,6 @@ __all__ = [
     "NoSpace",
     "Busy",
     "NotSupported",
+    "ReadOnly",
     "FilesystemShutdown",
 ]

@@ -102,3 +102,9 @@ class FilesystemShutdown(DaxError):
     """The filesystem shut itself down after losing metadata or its device (EIO)."""
 
     default_errno = _errno.EIO
+
+
+class ReadOnly(DaxError):
+    """A change asked of a device opened read-only (EROFS)."""
+
+    default_errno = _errno.EROFS

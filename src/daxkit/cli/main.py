@@ -99,13 +99,27 @@ def cmd_create(a) -> None:
         _emit(dev.info())
 
 
+def _open(a, *, readonly: bool = False):
+    """Open the verb's device.  Read-only verbs pass readonly=True, so they work on images and
+    devices the caller can only read (SPEC 7)."""
+    return daxkit.open(a.image, readonly=readonly, sysfs_root=a.sysfs_root)
+
+
 def cmd_info(a) -> None:
-    with daxkit.open(a.image) as dev:
+    with _open(a, readonly=True) as dev:
         _emit(dev.info())
 
 
 def cmd_list(a) -> None:
-    with daxkit.open(a.image) as dev:
+    if a.image is None:  # every namespace the sysfs tree shows, as `ndctl list [-M]` prints them
+        from ..device.backends.sysfs import list_namespaces
+
+        found = list_namespaces(a.sysfs_root)
+        if not a.media_errors:
+            found = [{k: v for k, v in ns.items() if not k.startswith("badblock")} for ns in found]
+        _emit(found[0] if len(found) == 1 else found)  # ndctl: one object alone, several as a list
+        return
+    with _open(a, readonly=True) as dev:
         out = {"dev": a.image, "size": dev.size, "clear_err_unit": dev.clear_err_unit}
         if a.media_errors:
             out.update(dev.media_errors())
@@ -113,7 +127,7 @@ def cmd_list(a) -> None:
 
 
 def cmd_inject_error(a) -> None:
-    with daxkit.open(a.image) as dev:
+    with _open(a, readonly=a.status) as dev:
         if a.status:
             records = dev.injected_errors()
             if records:  # SPEC 5: ndctl's shape, merged; nothing at all when there are none
@@ -129,7 +143,7 @@ def cmd_inject_error(a) -> None:
 
 
 def cmd_start_scrub(a) -> None:
-    with daxkit.open(a.image) as dev:
+    with _open(a) as dev:
         with Progress("scrub") as bar:
             report = dev.scrub(progress=bar)
         sums = _scrub_checksums(dev)
@@ -160,7 +174,7 @@ def _scrub_checksums(dev) -> dict | None:
 
 
 def cmd_wait_scrub(a) -> None:
-    with daxkit.open(a.image) as dev:
+    with _open(a, readonly=True) as dev:
         with Progress("wait-scrub") as bar:
             while True:
                 pid, done, total = dev.scrub_progress()
@@ -173,14 +187,14 @@ def cmd_wait_scrub(a) -> None:
 
 
 def cmd_clear_errors(a) -> None:
-    with daxkit.open(a.image) as dev:
+    with _open(a) as dev:
         with signals.critical():
             cleared = dev.clear_errors()
         _emit({"cleared": [{"offset": o, "length": n} for o, n in cleared]})
 
 
 def cmd_badblocks(a) -> None:
-    with daxkit.open(a.image) as dev:
+    with _open(a, readonly=a.add is None) as dev:
         if a.add is not None:
             with signals.critical():
                 dev.badblocks.add(a.add)
@@ -189,7 +203,7 @@ def cmd_badblocks(a) -> None:
 
 
 def cmd_read(a) -> None:
-    with daxkit.open(a.image) as dev:
+    with _open(a, readonly=True) as dev:
         data = dev.pread(a.length, a.offset)
     write_local(a.output, data)
 
@@ -205,7 +219,7 @@ def cmd_write(a) -> None:
                 data = f.read()
         except OSError as e:
             raise DaxError(f"cannot read input: {e.strerror}", errno=e.errno, path=a.input) from None
-    with daxkit.open(a.image) as dev:
+    with _open(a) as dev:
         if a.zero is not None:
             if a.offset + a.zero > dev.size:  # refused before the zeroes are made
                 raise daxkit.InvalidArgument(
@@ -221,11 +235,11 @@ def cmd_write(a) -> None:
 class _Mounted:
     """Open the image and mount its daxfs for one command."""
 
-    def __init__(self, image: str, readonly: bool):
-        self.image, self.readonly = image, readonly
+    def __init__(self, a, readonly: bool):
+        self.a, self.readonly = a, readonly
 
     def __enter__(self):
-        self.dev = daxkit.open(self.image)
+        self.dev = _open(self.a, readonly=self.readonly)
         try:
             self.fs = daxkit.mount(self.dev, readonly=self.readonly)
         except BaseException:
@@ -239,7 +253,7 @@ class _Mounted:
 
 
 def cmd_mkfs(a) -> None:
-    with daxkit.open(a.image) as dev:
+    with _open(a) as dev:
         with signals.critical():
             daxkit.mkfs(dev, force=a.force, redundancy=a.redundancy, parity_group=a.parity_group)
         with daxkit.mount(dev, readonly=True) as fs:
@@ -251,7 +265,7 @@ _LS_TYPES = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink",
 
 
 def cmd_ls(a) -> None:
-    with _Mounted(a.image, readonly=True) as fs:
+    with _Mounted(a, readonly=True) as fs:
         st = fs.stat(a.path)
         # one view of the directory: beside a live writer, names listed then stat'ed may be gone
         if stat.S_ISDIR(st.st_mode):
@@ -280,7 +294,7 @@ def cmd_put(a) -> None:
                 data = f.read()
         except OSError as e:
             raise DaxError(f"cannot read: {e.strerror}", errno=e.errno, path=a.src) from None
-    with _Mounted(a.image, readonly=False) as fs:
+    with _Mounted(a, readonly=False) as fs:
         n = write_fs(fs, a.dst, data)
     _emit({"path": a.dst, "written": n})
 
@@ -288,7 +302,7 @@ def cmd_put(a) -> None:
 def cmd_get(a) -> int:
     """Every byte of SRC at DST, or a failure with nothing at DST (SPEC 5).  ``--recover``
     delivers every recoverable byte, zeroes where lost, and lists the lost ranges on stderr."""
-    with _Mounted(a.image, readonly=True) as fs:
+    with _Mounted(a, readonly=True) as fs:
         with fs.open(a.src, "r") as f:
             if a.recover:
                 got = f.pread(f.stat().st_size, 0, flags=daxkit.RWF_RECOVERY_DATA)
@@ -303,7 +317,7 @@ def cmd_get(a) -> int:
 
 
 def cmd_rm(a) -> None:
-    with _Mounted(a.image, readonly=False) as fs:
+    with _Mounted(a, readonly=False) as fs:
         _remove(fs, a.path, a.recursive)
 
 
@@ -319,35 +333,35 @@ def _remove(fs, path: str, recursive: bool) -> None:
 
 
 def cmd_mkdir(a) -> None:
-    with _Mounted(a.image, readonly=False) as fs:
+    with _Mounted(a, readonly=False) as fs:
         fs.mkdir(a.path)
 
 
 def cmd_bmap(a) -> None:
-    with _Mounted(a.image, readonly=True) as fs:
+    with _Mounted(a, readonly=True) as fs:
         _emit(fs.bmap(a.path))
 
 
 def cmd_scan(a) -> None:
-    with _Mounted(a.image, readonly=True) as fs:
+    with _Mounted(a, readonly=True) as fs:
         _emit(fs.scan())
 
 
 def cmd_fsck(a) -> int:
-    with daxkit.open(a.image) as dev:
+    with _open(a, readonly=not a.repair) as dev:
         report = daxkit.fsck(dev, repair=a.repair)
     _emit(report)
     return 0 if report["clean"] else EXIT_DAMAGE
 
 
 def cmd_df(a) -> None:
-    with _Mounted(a.image, readonly=True) as fs:
+    with _Mounted(a, readonly=True) as fs:
         _emit({**fs.statfs(), "redundancy": fs.redundancy})
 
 
 def cmd_repair(a) -> int:
     """SPEC 4.2: repair everything repairable; JSON report; exit 4 when something is lost."""
-    with _Mounted(a.image, readonly=False) as fs:
+    with _Mounted(a, readonly=False) as fs:
         with signals.critical():
             report = fs.repair()
     _emit(report.as_dict())
@@ -389,14 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_VerbParser)
     sub.required = True
 
-    def verb(name: str, fn, help: str, image: bool = True):
+    def verb(name: str, fn, help: str, image: bool = True, optional_image: bool = False, sysfs: bool = True):
         sp = sub.add_parser(name, help=help, description=help)
         if image:
-            sp.add_argument("image", metavar="IMG", help="device image")
+            what = "device: an image, /dev/pmemN, /dev/daxX.Y or a regular file"
+            sp.add_argument("image", metavar="IMG", help=what, nargs="?" if optional_image else None)
+        if image and sysfs:  # create makes an image; mount serves with the machine's own /sys
+            sp.add_argument(
+                "--sysfs-root", metavar="DIR", default="/sys", help="where a real device's errors are listed"
+            )
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = verb("create", cmd_create, "create a new emulated device image")
+    sp = verb("create", cmd_create, "create a new emulated device image", sysfs=False)
     sp.add_argument("-s", "--size", type=_size, required=True, help="data area size, e.g. 64M")
     sp.add_argument(
         "--clear-err-unit", type=_integer(daxkit.LINE_SIZE), default=daxkit.DEFAULT_CLEAR_ERR_UNIT
@@ -405,7 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("info", cmd_info, "geometry and error counts (JSON)")
 
-    sp = verb("list", cmd_list, "list the device (JSON), like ndctl list")
+    sp = verb(
+        "list", cmd_list, "list the device (JSON), or without IMG every namespace in sysfs, like ndctl list",
+        optional_image=True,
+    )  # fmt: skip
     sp.add_argument("-M", "--media-errors", action="store_true", help="include media errors")
 
     sp = verb("inject-error", cmd_inject_error, "inject, uninject or list media errors")
@@ -467,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repair", action="store_true", help="rewrite damaged metadata copies from good ones")
     verb("df", cmd_df, "the filesystem's statfs and redundancy (JSON)")
     verb("repair", cmd_repair, "repair what redundancy allows; JSON report; exit 4 when something is lost")
-    sp = verb("mount", cmd_mount, "serve the filesystem through FUSE")
+    sp = verb("mount", cmd_mount, "serve the filesystem through FUSE", sysfs=False)
     sp.add_argument("mountpoint", metavar="MNT")
     sp.add_argument("--foreground", action="store_true", help="serve in this process until unmounted")
     sp.add_argument("--private", action="store_true", help="only the mounting user may use the mount")

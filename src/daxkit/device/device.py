@@ -34,7 +34,7 @@ import os
 import threading
 import weakref
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from contextlib import suppress
 
 from .. import _copymc
 from ..errors import (
@@ -46,13 +46,14 @@ from ..errors import (
     MediaError,
     NotSupported,
     OutOfRange,
+    ReadOnly,
 )
 from ..medium import ranges
-from ..medium.badblocks import Badblocks, BadblocksCheck, Entry, parse_entry
-from ..medium.image import LIVE_GEN, LIVE_SCRUB_DONE, LIVE_SCRUB_PID, LIVE_SCRUB_TOTAL, Image
+from ..medium.image import LIVE_GEN, LIVE_SCRUB_DONE, LIVE_SCRUB_PID, LIVE_SCRUB_TOTAL
 from ..medium.region import Region
 from ..medium.state import ErrorState
 from ..units import LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, align_down, align_up
+from .backends import Backend
 from .interface import (  # noqa: F401
     ACCESS,
     MF_ACTION_REQUIRED,
@@ -61,6 +62,14 @@ from .interface import (  # noqa: F401
     RecoveredData,
     check_range,
 )
+from .known import (  # noqa: F401 - ScrubReport is public through daxkit
+    BadblocksView,
+    ScrubReport,
+    clear_medium,
+    forget_known,
+    make_known,
+    scrubbed,
+)
 
 PRE_REMOVE = MF_MEM_PRE_REMOVE
 
@@ -68,122 +77,34 @@ _copy_mc_from = _copymc.copy_mc_from
 _copy_mc_bytes = _copymc.copy_mc_bytes
 _first_overlap = ranges.first_overlap
 _SCRUB_STEP = 16 << 20
+# What a read-only open refuses with EROFS (set per instance: the fast paths stay as they are).
+_WRITERS = (
+    "pwrite", "store", "recovery_write", "recovery_write_subpage", "zero_page_range", "clear_errors",
+    "inject_error", "uninject_error", "inject_poison",
+)
 WATCH_INTERVAL = 0.02
 
 
-@dataclass
-class ScrubReport:
-    ranges: list[tuple[int, int]] = field(default_factory=list)  # every poisoned (offset, length)
-    new_ranges: list[tuple[int, int]] = field(default_factory=list)  # known only since this scrub
-    bytes_scanned: int = 0
-    scrub_count: int = 0
-    overflow: bool = False  # the badblocks table could not take every range
-
-    def as_dict(self) -> dict:
-        return {
-            "ranges": [{"offset": o, "length": n} for o, n in self.ranges],
-            "new_ranges": [{"offset": o, "length": n} for o, n in self.new_ranges],
-            "bytes_scanned": self.bytes_scanned,
-            "scrub_count": self.scrub_count,
-            "overflow": self.overflow,
-        }
-
-
-# -- state transformers: pure functions of an ErrorState, the policy of clearing -----------------
-def _sectors_inside(ivs: ranges.Intervals) -> ranges.Intervals:
-    """The whole sectors inside each byte interval."""
-    inner = [(-(-s // SECTOR_SIZE), e // SECTOR_SIZE) for s, e in ivs]
-    return [(s, e) for s, e in inner if e > s]
-
-
-def _clear_medium(st: ErrorState, ivs: ranges.Intervals) -> ErrorState:
-    """The platform's clear-error command over byte intervals: poison and the injection records
-    it covers go."""
-    return st.with_(
-        poison=ranges.subtract(st.poison, ivs), injected=ranges.subtract(st.injected, _sectors_inside(ivs))
-    )
-
-
-def _forget_known(st: ErrorState, ivs: ranges.Intervals) -> ErrorState:
-    """Drop byte intervals from the bad range list and whole sectors inside them from badblocks."""
-    return st.with_(
-        bad_ranges=ranges.subtract(st.bad_ranges, ivs),
-        badblocks=st.badblocks.clear_runs(_sectors_inside(ivs)),
-    )
-
-
-def _make_known(st: ErrorState, ivs: ranges.Intervals) -> tuple[ErrorState, bool]:
-    """Add byte ranges to the bad range list and their covering sectors (acknowledged) to the
-    table.  Returns the state and whether the table overflowed: a full table takes what it can,
-    in address order (the kernel's badblocks_set), the kernel logs and goes on, and the bad
-    range list, which has no ceiling, still knows every range."""
-    bb, overflow = st.badblocks.set_runs(ranges.scale(ivs, SECTOR_SIZE), True)
-    return st.with_(bad_ranges=ranges.union(st.bad_ranges, ivs), badblocks=bb), overflow
-
-
-def _scrubbed(st: ErrorState, found: ranges.Intervals = ()) -> tuple[ErrorState, bool]:
-    """What an address range scrub leaves: every poisoned line (and ``found``, what the scan
-    saw) known, one more scrub counted.  Also returns whether the table overflowed."""
-    st2, overflow = _make_known(st, ranges.union(list(found), st.poison))
-    return st2.with_(scrub_count=st.scrub_count + 1), overflow
-
-
-class BadblocksView:
-    """``dev.badblocks``: the live table of a device (iterable of (sector, count, acknowledged))."""
-
-    def __init__(self, dev: DaxDevice):
-        self._dev = dev
-
-    def _table(self) -> Badblocks:
-        self._dev._sync()
-        return self._dev._state.badblocks
-
-    def __iter__(self):
-        return iter(list(self._table()))
-
-    def __len__(self) -> int:
-        return len(self._table())
-
-    def __bool__(self) -> bool:
-        return bool(self._table())
-
-    def __repr__(self) -> str:
-        return repr(self._table())
-
-    def entries(self) -> list[Entry]:
-        return list(self._table())
-
-    def text(self, unacknowledged_only: bool = False) -> str:
-        return self._table().text(unacknowledged_only)
-
-    def check(self, sector: int, count: int) -> BadblocksCheck:
-        return self._table().check(sector, count)
-
-    def add(self, text: str) -> None:
-        """What writing "<sector> <count>" to the sysfs file does: an acknowledged entry."""
-        sector, count = parse_entry(text)
-        if sector + count > self._dev.size // SECTOR_SIZE:
-            raise InvalidArgument(
-                f"badblocks: {sector}+{count} is past the device end "
-                f"({self._dev.size // SECTOR_SIZE} sectors)"
-            )
-        self._dev._commit(lambda st: st.with_(badblocks=st.badblocks.set(sector, count, True)))
-
-
 class DaxDevice:
-    """An emulated DAX device on an image file.  Use ``daxkit.create`` / ``daxkit.open``."""
+    """A DAX device: the policy of SPEC 2 over a backend (backends/: the emulated image, a pmem
+    block device, a device-dax device, a regular file).  Use ``daxkit.create`` / ``daxkit.open``."""
 
-    def __init__(self, image: Image):
-        self._img = image
-        self.path = image.path
-        self.size = image.data_size
-        self.clear_err_unit = image.clear_err_unit
+    def __init__(self, backend: Backend):
+        self._be = backend
+        self.path = backend.path
+        self.size = backend.size
+        self.clear_err_unit = backend.clear_err_unit
+        self.readonly = backend.readonly
         self._npages = self.size // PAGE_SIZE
         _copymc.install()  # stay on top if someone installed a fault handler since import
-        self._region = Region(image.fd, [(0, image.data_offset, self.size)], self.size)
+        try:
+            self._region = backend.map_region([(0, 0, self.size)], self.size)
+        except BaseException:
+            backend.close()
+            raise
         self._mm = self._region.mm
         self._view = memoryview(self._mm)
-        self._words = image.words
+        self._words = backend.words
         self._lock = threading.RLock()
         self._holder = None
         self._dead = False
@@ -202,8 +123,29 @@ class DaxDevice:
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         # A device dropped without close() still gives back its file descriptor.
-        self._finalizer = weakref.finalize(self, image.close)
+        self._finalizer = weakref.finalize(self, backend.close)
+        if self.readonly:
+            for name in _WRITERS:
+                setattr(self, name, self._refuse_change)
         self._sync(report=False)
+
+    @property
+    def _img(self) -> Backend:
+        """The backend (the emulated image's tests reach its words and locks through it)."""
+        return self._be
+
+    def _refuse_change(self, *args, **kwargs):
+        raise ReadOnly("opened read-only: nothing on the device can change", path=self.path)
+
+    def _require_emulated(self, verb: str) -> None:
+        """Injection needs a medium that software controls (SPEC 7: EOPNOTSUPP on real devices)."""
+        if not self._be.emulated:
+            raise NotSupported(
+                f"{verb}: this is a real {self._be.kind} device; poison can be injected only into an "
+                "emulated image (on hardware, `ndctl inject-error` does it, as root, on platforms "
+                "with ACPI error injection)",
+                path=self.path,
+            )
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> DaxDevice:
@@ -225,6 +167,9 @@ class DaxDevice:
         self._stop.set()
         for m in list(self._mappings):
             m._detach()
+        if not self._be.emulated:
+            with suppress(OSError, ValueError):
+                self._region.flush()  # a plain MAP_SHARED file mapping is durable after msync
         try:
             self._view.release()
         except BufferError:
@@ -260,15 +205,23 @@ class DaxDevice:
             self._check_alive()
             if self._words[LIVE_GEN] == self._gen:
                 return
-            gen, state = self._img.load()
+            gen, state = self._be.load()
             new = self._apply(gen, state)
         if report and new:
             self._report(new)
 
+    def _sync_fresh(self) -> None:
+        """What the reports use (known_errors, media_errors, badblocks, info): on a real device
+        the kernel's lists are read again first, so a report never lags behind a change the
+        watcher has not seen yet.  The fast paths rely on the watcher alone."""
+        if not self._be.emulated:
+            self._be.refresh()
+        self._sync()
+
     def _commit(self, change, *, report=True, holder_report=None) -> ErrorState:
         with self._lock:
             self._check_alive()
-            gen, state = self._img.commit(change)
+            gen, state = self._be.commit(change)
             new = self._apply(gen, state)
         # Outside the lock: a holder may call back into the device from any thread.
         if report and new:
@@ -324,10 +277,10 @@ class DaxDevice:
             if obj is not None and self._holder is not None and obj is not self._holder:
                 raise Busy(f"device already has a holder ({self._holder!r})", path=self.path)
             if obj is not None and self._holder is None:
-                if not self._img.claim_holder():
+                if not self._be.claim_holder():
                     raise Busy("device already has a holder in another process", path=self.path)
             elif obj is None and self._holder is not None:
-                self._img.release_holder()
+                self._be.release_holder()
             self._holder = obj
             if obj is not None:
                 self._ensure_watcher()  # after the assignment: the watcher exits when nobody listens
@@ -394,9 +347,9 @@ class DaxDevice:
     def _rewrite_pages(self, start: int, data: memoryview) -> None:
         """Clear the medium, write, then forget: the kernel's recovery order."""
         end = start + data.nbytes
-        self._commit(lambda st: _clear_medium(st, [(start, end)]))
+        self._commit(lambda st: clear_medium(st, [(start, end)]))
         self._store(data, start)
-        self._commit(lambda st: _forget_known(st, [(start, end)]))
+        self._commit(lambda st: forget_known(st, [(start, end)]))
 
     def recovery_write_subpage(self, offset: int, data) -> list[tuple[int, int]]:
         """Sub-page recovery write (SPEC 4).  The pages touched are cleared and rewritten with
@@ -415,9 +368,9 @@ class DaxDevice:
             for line in range(align_down(s, LINE_SIZE), s + length, LINE_SIZE):
                 if not (offset <= line and line + LINE_SIZE <= offset + n):
                     kept = ranges.add(kept, line, line + LINE_SIZE)
-        self._commit(lambda st: _clear_medium(st, [(first, last)]))
+        self._commit(lambda st: clear_medium(st, [(first, last)]))
         self._store(memoryview(pages), first)
-        self._commit(lambda st: _make_known(_forget_known(st, [(first, last)]), kept)[0])
+        self._commit(lambda st: make_known(forget_known(st, [(first, last)]), kept)[0])
         return [(s, e - s) for s, e in kept]
 
     def zero_page_range(self, pgoff: int, nr_pages: int) -> None:
@@ -469,8 +422,10 @@ class DaxDevice:
             self._check_range(offset, n)
         if self._bb_ends and self._bb_hit(offset, offset + n):
             self._clear_for_write(offset, n)
+            self._store(data, offset)  # the platform clears as it writes (pmem_do_write)
+            return n
         if self._prot_bytes and _first_overlap(self._prot_bytes, offset, offset + n):
-            self._img.medium_write(data, offset)  # stores under latent poison do not clear it
+            self._be.medium_write(data, offset)  # stores under latent poison do not clear it
         else:
             self._mm[offset : offset + n] = data
         return n
@@ -490,13 +445,18 @@ class DaxDevice:
                 f"aligned to clear_err_unit {unit}; nothing written"
             )
         end = offset + n
-        self._commit(lambda st: _forget_known(_clear_medium(st, [(offset, end)]), [(offset, end)]))
+        self._commit(lambda st: forget_known(clear_medium(st, [(offset, end)]), [(offset, end)]))
 
     def _store(self, data, offset: int) -> None:
-        """A plain store of bytes, safe over pages that fault (the medium keeps its poison)."""
+        """The data write of a clearing sequence.  Emulated: a plain store of bytes, safe over
+        pages that fault (the medium keeps its poison).  Real: the backend's write, which is
+        what clears on the platform (the block device's write, a file's write and re-check)."""
+        if not self._be.emulated:
+            self._be.write_clearing(data, offset)
+            return
         n = memoryview(data).nbytes
         if self._prot_bytes and _first_overlap(self._prot_bytes, offset, offset + n):
-            self._img.medium_write(data, offset)
+            self._be.medium_write(data, offset)
         else:
             self._mm[offset : offset + n] = data
 
@@ -525,7 +485,7 @@ class DaxDevice:
         if offset < 0 or offset + n > self.size:
             self._check_range(offset, n)
         if self._prot_bytes and _first_overlap(self._prot_bytes, offset, offset + n):
-            self._img.medium_write(data, offset)
+            self._be.medium_write(data, offset)
         else:
             self._mm[offset : offset + n] = data
         return n
@@ -551,7 +511,7 @@ class DaxDevice:
 
     def known_errors(self, offset: int = 0, length: int | None = None) -> list[tuple[int, int]]:
         """Known bad (offset, length) ranges, line-precise where the bad range list knows."""
-        self._sync()
+        self._sync_fresh()
         end = self.size if length is None else offset + length
         return [(s, e - s) for s, e in ranges.clip(self._precise, offset, end)]
 
@@ -575,9 +535,13 @@ class DaxDevice:
             pos = offset + done
             page_end = min(align_down(pos, PAGE_SIZE) + PAGE_SIZE, offset + n)
             bad = ranges.first_overlap(self._bad_lines(), align_down(pos, LINE_SIZE), page_end)
+            if bad is None and not self._be.emulated:
+                # Only known-bad pages are PROT_NONE on a real device: any other fault is the
+                # hardware's (SIGBUS, BUS_MCEERR_AR: a poisoned line) -- consumed like latent poison.
+                bad = (align_down(pos, LINE_SIZE), align_down(pos, LINE_SIZE) + LINE_SIZE)
             clean_end = page_end if bad is None else max(pos, bad[0])
             if clean_end > pos:
-                self._img.medium_read_into(dst[done : done + clean_end - pos], pos)
+                self._be.medium_read_into(dst[done : done + clean_end - pos], pos)
                 done += clean_end - pos
             if bad is not None:
                 return done, self._met_bad(pos, bad)
@@ -594,10 +558,11 @@ class DaxDevice:
         """A machine-check-safe read hit latent poison: the line becomes known, and the holder
         hears about its page with MF_ACTION_REQUIRED (the memory_failure path)."""
         page = align_down(line, PAGE_SIZE)
-        self._commit(
-            lambda st: _make_known(st, [(line, line + LINE_SIZE)])[0],
-            holder_report=lambda h: h.notify_failure(page, PAGE_SIZE, MF_ACTION_REQUIRED),
-        )
+        with suppress(ReadOnly):  # a read-only open of an image cannot record it; the read still fails
+            self._commit(
+                lambda st: make_known(st, [(line, line + LINE_SIZE)])[0],
+                holder_report=lambda h: h.notify_failure(page, PAGE_SIZE, MF_ACTION_REQUIRED),
+            )
 
     # -- the recovery path (SPEC 4) ------------------------------------------------------------
     def read_recover(self, offset: int, length: int) -> RecoveredData:
@@ -625,9 +590,9 @@ class DaxDevice:
         pos = offset
         for s, e in ranges.clip(self._prot_bytes, offset, end) + [(end, end)]:
             if s > pos and _copy_mc_from(dst[pos - offset : s - offset], self._mm, pos):
-                self._img.medium_read_into(dst[pos - offset : s - offset], pos)
+                self._be.medium_read_into(dst[pos - offset : s - offset], pos)
             if e > s:
-                self._img.medium_read_into(dst[s - offset : e - offset], s)
+                self._be.medium_read_into(dst[s - offset : e - offset], s)
             pos = e
         lines = ranges.scale(ranges.clip(self._state.poison, offset, end), LINE_SIZE)
         latent = ranges.subtract([(s * LINE_SIZE, e * LINE_SIZE) for s, e in lines], self._precise)
@@ -638,7 +603,8 @@ class DaxDevice:
                 for p in pages:
                     holder.notify_failure(p * PAGE_SIZE, PAGE_SIZE, MF_ACTION_REQUIRED)
 
-            self._commit(lambda st: _make_known(st, latent)[0], holder_report=tell)
+            with suppress(ReadOnly):
+                self._commit(lambda st: make_known(st, latent)[0], holder_report=tell)
         bad = ranges.clip(self._bad_lines(), offset, end)
         for s, e in bad:
             dst[s - offset : e - offset] = bytes(e - s)
@@ -655,6 +621,7 @@ class DaxDevice:
     def inject_error(
         self, block: int, count: int = 1, *, notify: bool = True, saturate: bool = False
     ) -> None:
+        self._require_emulated("inject-error")
         self._check_blocks(block, count)
         span = SECTOR_SIZE if saturate else min(SECTOR_SIZE, self.clear_err_unit)
 
@@ -670,9 +637,10 @@ class DaxDevice:
 
         # With notify the scrub is part of the same commit: a state too large to store is
         # refused before anything changes, never after the injection alone went in.
-        self._commit((lambda st: _scrubbed(injected(st))[0]) if notify else injected)
+        self._commit((lambda st: scrubbed(injected(st))[0]) if notify else injected)
 
     def uninject_error(self, block: int, count: int = 1) -> None:
+        self._require_emulated("uninject-error")
         self._check_blocks(block, count)
         s, e = block * SECTOR_SIZE, (block + count) * SECTOR_SIZE
         self._commit(
@@ -688,6 +656,7 @@ class DaxDevice:
 
     def inject_poison(self, offset: int, length: int) -> None:
         """Latent poison on the 64-byte lines covering [offset, offset+length)."""
+        self._require_emulated("inject-poison")
         if length <= 0:
             raise InvalidArgument(f"length must be > 0, got {length}")
         self._check_range(offset, length)
@@ -702,12 +671,15 @@ class DaxDevice:
     def scrub(self, progress=None) -> ScrubReport:
         """Address range scrub: every poisoned line becomes known (acknowledged sectors in the
         table, byte ranges in the list); the holder hears about what was not known before."""
+        if self.readonly and self._be.emulated:  # the image records what a scrub finds
+            self._refuse_change()
+        self._be.rescan()  # a real device: the sysfs lists are read again
         self._sync()
-        with self._img.scrubbing():
+        with self._be.scrubbing():
             return self._scrub(progress)
 
     def _scrub(self, progress) -> ScrubReport:
-        words = self._img.words
+        words = self._be.words
         words[LIVE_SCRUB_TOTAL] = self.size
         words[LIVE_SCRUB_DONE] = 0
         words[LIVE_SCRUB_PID] = os.getpid()
@@ -725,7 +697,7 @@ class DaxDevice:
             report = ScrubReport(bytes_scanned=self.size)
 
             def change(st: ErrorState) -> ErrorState:
-                st2, report.overflow = _scrubbed(st, found)
+                st2, report.overflow = scrubbed(st, found)
                 return st2
 
             st = self._commit(change)
@@ -741,9 +713,9 @@ class DaxDevice:
         The pid word alone could outlive its scrubber (killed) or name a reused pid; the
         scrubbers' lock on the image says whether anyone is scrubbing at all."""
         self._check_alive()
-        w = self._img.words
+        w = self._be.words
         pid = w[LIVE_SCRUB_PID]
-        if pid and not self._img.scrub_running():
+        if pid and not self._be.scrub_running():
             pid = 0
         return pid, w[LIVE_SCRUB_DONE], w[LIVE_SCRUB_TOTAL]
 
@@ -762,10 +734,10 @@ class DaxDevice:
         unit = max(self.clear_err_unit, SECTOR_SIZE)
         cleared = [(s * unit, min(e * unit, self.size)) for s, e in ranges.scale(self._known, unit)]
         if cleared:
-            self._commit(lambda st: _clear_medium(st, cleared))
+            self._commit(lambda st: clear_medium(st, cleared))
             for s, e in cleared:
                 self._store(bytes(e - s), s)
-            self._commit(lambda st: _forget_known(st, cleared))
+            self._commit(lambda st: forget_known(st, cleared))
         return [(s, e - s) for s, e in cleared]
 
     # -- reports ------------------------------------------------------------------------------
@@ -774,7 +746,7 @@ class DaxDevice:
         return BadblocksView(self)
 
     def media_errors(self) -> dict:
-        self._sync()
+        self._sync_fresh()
         bb = self._state.badblocks
         return {
             "badblock_count": bb.sectors,
@@ -783,7 +755,7 @@ class DaxDevice:
 
     def bad_ranges(self) -> list[tuple[int, int]]:
         """The bad range list: known bad byte ranges (offset, length)."""
-        self._sync()
+        self._sync_fresh()
         return [(s, e - s) for s, e in self._state.bad_ranges]
 
     def poisoned_ranges(self) -> list[tuple[int, int]]:
@@ -792,10 +764,12 @@ class DaxDevice:
         return [(s, e - s) for s, e in self._state.poison]
 
     def info(self) -> dict:
-        self._sync()
+        self._sync_fresh()
         st = self._state
         return {
             "path": self.path,
+            **self._be.describe(),
+            "readonly": self.readonly,
             "size": self.size,
             "clear_err_unit": self.clear_err_unit,
             "page_size": PAGE_SIZE,
@@ -832,9 +806,7 @@ class DaxDevice:
 
     def _map_pieces(self, pieces: list[tuple[int, int, int]]) -> Region:
         """A region of this image's data pieces: (mapping offset, device offset, length)."""
-        total = sum(n for _, _, n in pieces)
-        region = Region(self._img.fd, [(m, self._img.data_offset + d, n) for m, d, n in pieces], total)
-        return region
+        return self._be.map_region(pieces, sum(n for _, _, n in pieces))
 
     def _register(self, mapping) -> None:
         with self._lock:

@@ -27,6 +27,7 @@ Theory of operation
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 
 from .. import _copymc
 from ..errors import DeviceGone, InvalidArgument, PoisonError
@@ -135,6 +136,8 @@ class DaxMapping:
 
     def write(self, offset: int, data) -> int:
         dev = self._dev
+        if dev.readonly:
+            dev._refuse_change()
         dev._sync()
         src = memoryview(data).cast("B")
         n = src.nbytes
@@ -167,6 +170,8 @@ class DaxMapping:
         """Rewrite in place and clear poison.  Whole pages are cleared, rewritten and mapped back
         in.  A write that covers part of a page (SPEC 4) rewrites the page with the new bytes over
         its recovered clean lines; bad lines it does not cover whole stay reported bad."""
+        if self._dev.readonly:
+            self._dev._refuse_change()
         src = memoryview(data).cast("B")
         n = src.nbytes
         self._check(offset, n)
@@ -188,6 +193,8 @@ class DaxMapping:
         self._check(offset, length)
         if self._via is not None:
             self._via._mapping_persist([(doff, k) for _, doff, k in self._split(offset, length)])
+        elif not self._dev._be.emulated:
+            self._region.flush()  # a real file mapped without MAP_SYNC is durable after msync
 
     def bad_ranges(self) -> list[tuple[int, int]]:
         self._dev._sync()
@@ -244,6 +251,9 @@ class DaxMapping:
             return
         if self._via is not None and not self._gone:
             self._via._mapping_closed(self)  # persists first
+        if not self._gone and not self._dev._be.emulated:
+            with suppress(OSError, ValueError):
+                self._region.flush()
         self._closed = True
         self._dev._mappings.discard(self)
         try:

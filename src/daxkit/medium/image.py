@@ -55,8 +55,9 @@ import zlib
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
 
-from ..errors import DaxError, ImageError, ImageNotFound, InvalidArgument, NoSpace
+from ..errors import DaxError, ImageError, ImageNotFound, InvalidArgument, NoSpace, ReadOnly
 from ..units import DEFAULT_CLEAR_ERR_UNIT, LINE_SIZE, PAGE_SIZE, align_up
+from . import locks
 from .state import ErrorState
 
 MAGIC = b"DAXKITIM"
@@ -226,18 +227,14 @@ def _install(tmp: str, path: str, force: bool) -> None:
         os.unlink(tmp)
 
 
-def _ofd_lock(kind: int, byte: int) -> bytes:
-    """struct flock for one byte (l_pid must be 0 for OFD locks)."""
-    return struct.pack("hhqqi4x", kind, os.SEEK_SET, byte, 1, 0)
-
-
 class Image:
     """An open image: its geometry, the shared error state, and the data area's file."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, readonly: bool = False):
         self.path = path
+        self.readonly = readonly
         try:
-            self.fd = os.open(path, os.O_RDWR)
+            self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
         except FileNotFoundError:
             raise ImageNotFound("no such file", path=path) from None
         except IsADirectoryError:
@@ -246,7 +243,8 @@ class Image:
             raise ImageError(f"cannot open: {e.strerror}", errno=e.errno, path=path) from None
         try:
             self._read_info()
-            self.live = mmap.mmap(self.fd, PAGE_SIZE, offset=LIVE_OFFSET)
+            access = mmap.ACCESS_READ if readonly else mmap.ACCESS_DEFAULT
+            self.live = mmap.mmap(self.fd, PAGE_SIZE, offset=LIVE_OFFSET, access=access)
             self.words = memoryview(self.live).cast("Q")
             self._tlock = threading.RLock()
             self._scrubs = 0  # scrubs running on this open (threads share its OFD lock)
@@ -337,7 +335,7 @@ class Image:
                 "its slot fails its checksum)",
                 path=self.path,
             )
-        if best[0] > self.words[LIVE_GEN]:
+        if best[0] > self.words[LIVE_GEN] and not self.readonly:
             # A committer died between its slot and the word: publish for it, or every
             # reader would see "changed" on every access until the next commit.
             self.words[LIVE_GEN] = best[0]
@@ -384,7 +382,10 @@ class Image:
     def commit(self, change: Callable[[ErrorState], ErrorState]) -> tuple[int, ErrorState]:
         """Apply ``change`` to the newest state atomically, serialized with every other process.
         ``change`` may raise to abort; nothing is committed then, nor when the file system
-        cannot store the new state (the one limit left)."""
+        cannot store the new state (the one limit left).  A read-only open changes nothing
+        (ReadOnly, EROFS)."""
+        if self.readonly:
+            raise ReadOnly("opened read-only: the error state cannot change", path=self.path)
         with self._flock(fcntl.LOCK_EX):
             seq, state, slot, keep = self._read_slots()
             new = change(state)
@@ -412,32 +413,24 @@ class Image:
             return seq, new
 
     # -- the holder claim: one holder per device across processes ---------------------------
-    _HOLDER_BYTE = 1  # an OFD byte-range lock; flock (used for commits) does not interact with it
-
     def claim_holder(self) -> bool:
-        """Take the cross-process holder claim; False if another open of the image has it.
-        OFD locks belong to this open, so a second open in the same process is refused too."""
-        try:
-            fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_WRLCK, self._HOLDER_BYTE))
-            return True
-        except OSError as e:
-            if e.errno in (_errno.EAGAIN, _errno.EACCES):
-                return False
-            raise
+        """Take the cross-process holder claim; False if another open of the image has it
+        (a second open in the same process too: the lock is this open's)."""
+        if self.readonly:
+            raise ReadOnly("opened read-only: cannot become the device's holder", path=self.path)
+        return locks.try_lock(self.fd, locks.HOLDER_BYTE)
 
     def release_holder(self) -> None:
-        fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_UNLCK, self._HOLDER_BYTE))
+        locks.unlock(self.fd, locks.HOLDER_BYTE)
 
     # -- who is scrubbing: a shared OFD lock on byte 2 while any scrub of this open runs ------
-    _SCRUB_BYTE = 2
-
     @contextmanager
     def scrubbing(self):
         """Mark a scrub as running for as long as the block runs (and not a moment longer, even
         if the process is killed: the lock goes with the open file)."""
         with self._tlock:
             if self._scrubs == 0:
-                fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_RDLCK, self._SCRUB_BYTE))
+                fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, locks.ofd_lock(fcntl.F_RDLCK, locks.SCRUB_BYTE))
             self._scrubs += 1
         try:
             yield
@@ -445,13 +438,13 @@ class Image:
             with self._tlock:
                 self._scrubs -= 1
                 if self._scrubs == 0:
-                    fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _ofd_lock(fcntl.F_UNLCK, self._SCRUB_BYTE))
+                    locks.unlock(self.fd, locks.SCRUB_BYTE)
 
     def scrub_running(self) -> bool:
         """Is any open of this image scrubbing now?  (A pid in the live page is only a hint.)"""
         if self._scrubs:
             return True
-        probe = fcntl.fcntl(self.fd, fcntl.F_OFD_GETLK, _ofd_lock(fcntl.F_WRLCK, self._SCRUB_BYTE))
+        probe = fcntl.fcntl(self.fd, fcntl.F_OFD_GETLK, locks.ofd_lock(fcntl.F_WRLCK, locks.SCRUB_BYTE))
         return struct.unpack_from("h", probe)[0] != fcntl.F_UNLCK
 
     # -- the data area ----------------------------------------------------------------------
