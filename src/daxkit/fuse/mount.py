@@ -10,12 +10,13 @@ Rules
     rest), so nothing reaches mfusepy, whose fallback would log and guess.
   * A read replies with the whole request, or fewer bytes only at end of file, or EIO: the
     kernel takes a short reply for end of file (and may zero-fill the rest of the page), so
-    poison met mid-request must be EIO, never a short count.  Hence no direct_io/keep_cache.
-  * The kernel caches file pages.  When the filesystem hears that file data was lost (a scrub in
-    another process, a consumed line), the file's cached pages are invalidated, so the next
-    reader asks us and gets EIO, and an mmap load of the page gets SIGBUS.  Invalidation runs on
-    a worker thread: calling it from inside a request handler could wait on a page lock held for
-    that very request.
+    poison met mid-request must be EIO, never a short count.  Hence no direct_io.
+  * The kernel caches file pages across opens (keep_cache) and caches writes (writeback cache,
+    written back on flush, fsync and by the kernel's flusher); ``kcache.py`` keeps those pages
+    true: when the device's known errors change, in this process or another, the cached pages
+    of exactly the affected file ranges are invalidated, so the next reader asks us and gets
+    EIO, and an mmap load of the page gets SIGBUS.  The kernel decides about the cache only on
+    that explicit word (no auto_inval_data): this server is the only writer of the filesystem.
   * The kernel checks permissions (``default_permissions``) against the mode we report, for
     every user of the machine (``allow_other``, where fuse.conf permits) unless the mount is
     private.  Ownership is not stored yet: files belong to the server's user, and ``chown``
@@ -40,7 +41,6 @@ import functools
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import signal
@@ -50,12 +50,15 @@ import threading
 import time
 
 from ..errors import Busy, DaxError
+from .kcache import KernelCache
 
 XATTR_BAD_RANGES = "user.daxkit.bad_ranges"
 O_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
 FSTYPE = b"fuse.daxfs"  # what /proc/self/mountinfo shows for our mounts (subtype "daxfs")
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # utimensat(2)'s tv_nsec markers
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_WRITEBACK_CACHE = 1 << 12, 1 << 16  # fuse_common.h
+ENODATA_NAMES = (b"security.", b"system.", b"trusted.")  # asked on every write (file_remove_privs)
 STATVFS_KEYS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
                 "f_favail", "f_flag", "f_namemax")  # fmt: skip
 # errnos for exceptions that carry none, first match wins (UnicodeError is a ValueError)
@@ -96,10 +99,27 @@ def _ns_of_timespec(ts) -> int:
 
 
 def _fuse_class(mfusepy):
-    """mfusepy's FUSE, with utimens keeping UTIME_NOW/UTIME_OMIT: with ``use_ns`` mfusepy hands
-    the handler ``tv_sec * 10**9 + tv_nsec``, in which the markers are lost."""
+    """mfusepy's FUSE, with utimens keeping UTIME_NOW/UTIME_OMIT (with ``use_ns`` mfusepy hands
+    the handler ``tv_sec * 10**9 + tv_nsec``, in which the markers are lost), and two fast paths
+    measured on fio: the kernel asks for ``security.capability`` before every write, answered
+    here without a trip through the handler's exception; and written bytes reach the handler as
+    a view of libfuse's buffer, not a copy."""
 
     class DaxFUSE(mfusepy.FUSE):
+        def getxattr(self, path, name, value, size, *args):
+            if name.startswith(ENODATA_NAMES):
+                return -errno.ENODATA
+            return super().getxattr(path, name, value, size, *args)
+
+        def write(self, path, buf, size, offset, fip):
+            raw = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents)))
+            data = raw.cast("B")
+            try:
+                return self.operations.write(None, data, offset, fip.contents.fh)
+            finally:
+                data.release()
+                raw.release()
+
         def utimens_fuse_2(self, path, buf):
             times = None
             if buf:
@@ -114,7 +134,8 @@ def _fuse_class(mfusepy):
     return DaxFUSE
 
 
-def make_operations(fs, mfusepy):
+def make_operations(fs, mfusepy, mountpoint: str | None = None):
+    """The handlers.  With ``mountpoint``, the kernel's cache of it is kept true (kcache.py)."""
     FuseOSError = mfusepy.FuseOSError
 
     def handler(fn):
@@ -140,43 +161,38 @@ def make_operations(fs, mfusepy):
             self._fs = fs
             self._owner = (os.getuid(), os.getgid())
             self._files: dict[int, object] = {}
+            self._users: dict[int, int] = {}  # fh -> ino, for the handles of users (not our pins)
             self._next_fh = 1
             self._fh_lock = threading.Lock()
             self._fuse_ptr = None
             self._ready = threading.Event()
-            self._inval: queue.Queue = queue.Queue()
             self._on_ready_cb = None
-            fs.add_failure_listener(self._on_failure)
             lib = mfusepy._libfuse
-            lib.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-            lib.fuse_invalidate_path.restype = ctypes.c_int
             lib.fuse_exit.argtypes = [ctypes.c_void_p]
             lib.fuse_exit.restype = None
-            threading.Thread(target=self._invalidator, name="daxkit-fuse-inval", daemon=True).start()
-
-        # -- cache invalidation ----------------------------------------------------------------
-        def _on_failure(self, ino, path, file_offset, length):
-            if path:
-                self._inval.put(path)
-
-        def _invalidator(self):
-            while True:
-                path = self._inval.get()
-                if path is None:
-                    return
-                if self._fuse_ptr is not None:
-                    mfusepy._libfuse.fuse_invalidate_path(
-                        self._fuse_ptr, path.encode("utf-8", "surrogateescape")
-                    )
+            self._kcache = KernelCache(fs, lib, mountpoint) if mountpoint is not None else None
 
         def _exit_loop(self) -> None:
             """End the loop as fuse_exit does (it notices at its next wake-up)."""
             if self._fuse_ptr is not None:
                 mfusepy._libfuse.fuse_exit(self._fuse_ptr)
 
+        def init_with_config(self, conn, config):
+            """Caches on: pages kept across opens, writes cached, explicit invalidation only."""
+            if config is not None:
+                config.kernel_cache = 1
+                config.auto_cache = 0
+            if conn is not None:
+                if conn.capable & FUSE_CAP_WRITEBACK_CACHE:
+                    conn.want |= FUSE_CAP_WRITEBACK_CACHE
+                conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA
+            self.init("/")
+
         def init(self, path):
             try:
                 self._fuse_ptr = mfusepy._libfuse.fuse_get_context().contents.fuse
+                if self._kcache is not None:
+                    self._kcache.start(self._fuse_ptr)
                 self._ready.set()
                 if self._on_ready_cb is not None:
                     self._on_ready_cb()
@@ -184,7 +200,8 @@ def make_operations(fs, mfusepy):
                 log.exception("init")
 
         def destroy(self, path):
-            self._inval.put(None)
+            if self._kcache is not None:
+                self._kcache.stop()
 
         # -- attributes ----------------------------------------------------------------------------
         @handler
@@ -264,12 +281,23 @@ def make_operations(fs, mfusepy):
             return 0
 
         # -- files -------------------------------------------------------------------------------
-        def _add(self, f) -> int:
+        def _add(self, f, path: str | None = None) -> int:
             with self._fh_lock:
                 fh = self._next_fh
                 self._next_fh += 1
                 self._files[fh] = f
+                kc = self._kcache
+                if kc is not None and not kc.is_own(mfusepy._libfuse.fuse_get_context().contents.pid):
+                    self._users[fh] = f.ino
+                    if path is not None:
+                        kc.opened(f.ino, path)
                 return fh
+
+        def _last_user(self, fh) -> bool:
+            """Is ``fh`` a user's handle, and the last one of its file?"""
+            with self._fh_lock:
+                ino = self._users.get(fh)
+                return ino is not None and sum(1 for i in self._users.values() if i == ino) == 1
 
         def _file(self, fh):
             f = self._files.get(fh)
@@ -290,7 +318,7 @@ def make_operations(fs, mfusepy):
 
         @handler
         def open(self, path, flags):
-            return self._add(fs.open(path, "r" if flags & O_ACCMODE == os.O_RDONLY else "r+"))
+            return self._add(fs.open(path, "r" if flags & O_ACCMODE == os.O_RDONLY else "r+"), path)
 
         @handler
         def read(self, path, size, offset, fh):
@@ -325,9 +353,15 @@ def make_operations(fs, mfusepy):
             return 0
 
         def flush(self, path, fh):
+            if self._last_user(fh):
+                self._kcache.unpin(self._users[fh])  # before close(2) returns: umount may follow
             return 0
 
         def release(self, path, fh):
+            if self._last_user(fh):
+                self._kcache.unpin(self._users[fh])
+            with self._fh_lock:
+                self._users.pop(fh, None)
             f = self._files.pop(fh, None)
             if f is not None:
                 try:
@@ -438,7 +472,7 @@ def serve(image: str, mountpoint: str, on_ready=None, on_error=None, *, private:
         dev.close()
         raise
     try:
-        ops = make_operations(fs, mfusepy)
+        ops = make_operations(fs, mfusepy, mountpoint)
         ops._on_ready_cb = on_ready
         fuse = _fuse_class(mfusepy)
 
