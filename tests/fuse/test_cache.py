@@ -207,3 +207,48 @@ def test_killed_server_loses_no_fsynced_byte(tmp_path):
         assert daxkit.fsck(dev)["clean"]
         with daxkit.mount(dev, readonly=True) as fs, fs.open("/f") as f:
             assert f.pread(len(synced), 0) == synced
+
+
+def _write_as(uid: int, dirfd: int, name: str) -> None:
+    """One byte written to ``name`` under ``dirfd`` by ``uid`` (a forked child drops root)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            if uid:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            fd = os.open(name, os.O_WRONLY, dir_fd=dirfd)
+            os.write(fd, b"x")
+            os.close(fd)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to write as another user")
+def test_a_write_by_another_user_clears_set_user_id_as_on_tmpfs(mounted, tmp_path):
+    """The kernel leaves this to the server once it stops asking for security.capability
+    before every write (HANDLE_KILLPRIV_V2, session.py)."""
+
+    def modes(d) -> list[int]:
+        out = []
+        dirfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for writer in (0, 65534):  # root keeps the bits (CAP_FSETID); nobody's write clears them
+                for mode in (0o6777, 0o6767, 0o4777):  # set-group-ID stays without group execute
+                    name = f"s{writer}-{mode:o}"
+                    with open(os.path.join(d, name), "wb") as fh:
+                        fh.write(b"data")
+                    os.chmod(os.path.join(d, name), mode)
+                    _write_as(writer, dirfd, name)
+                    out.append(os.stat(os.path.join(d, name)).st_mode & 0o7777)
+        finally:
+            os.close(dirfd)
+        return out
+
+    local = tmp_path / "local"
+    local.mkdir()
+    assert modes(mounted.mnt) == modes(str(local))

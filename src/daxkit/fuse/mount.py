@@ -51,6 +51,7 @@ import time
 
 from ..errors import Busy, DaxError
 from .kcache import KernelCache
+from .session import Session
 
 XATTR_BAD_RANGES = "user.daxkit.bad_ranges"
 O_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
@@ -112,10 +113,13 @@ def _fuse_class(mfusepy):
             return super().getxattr(path, name, value, size, *args)
 
         def write(self, path, buf, size, offset, fip):
+            fi = fip.contents
+            if not fi.writepage and path:  # a user's own write, not a write-back (session.py)
+                self.operations.written_by_user(path.decode(self.encoding, self.errors))
             raw = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents)))
             data = raw.cast("B")
             try:
-                return self.operations.write(None, data, offset, fip.contents.fh)
+                return self.operations.write(None, data, offset, fi.fh)
             finally:
                 data.release()
                 raw.release()
@@ -171,6 +175,7 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
             lib.fuse_exit.argtypes = [ctypes.c_void_p]
             lib.fuse_exit.restype = None
             self._kcache = KernelCache(fs, lib, mountpoint) if mountpoint is not None else None
+            self._session = None
 
         def _exit_loop(self) -> None:
             """End the loop as fuse_exit does (it notices at its next wake-up)."""
@@ -330,6 +335,26 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
             return self._file(fh).pwrite(data, offset)
 
         @handler
+        def written_by_user(self, path):
+            """With HANDLE_KILLPRIV_V2 the server clears what the kernel's should_remove_suid
+            would when someone without CAP_FSETID writes: set-user-ID, and set-group-ID when the
+            file is group-executable or the writer is outside its group.  The kernel sends such
+            writes through uncached.  Root stands for CAP_FSETID, the request's gid for the
+            writer's groups (libfuse passes no others)."""
+            session = self._session
+            if session is None or not session.killpriv_v2:
+                return
+            ctx = mfusepy._libfuse.fuse_get_context().contents
+            st = fs.stat(path)
+            mode = st.st_mode
+            if ctx.uid == 0 or not mode & (_stat.S_ISUID | _stat.S_ISGID):
+                return
+            drop = _stat.S_ISUID
+            if mode & _stat.S_IXGRP or ctx.gid != self.getattr(path)["st_gid"]:
+                drop |= _stat.S_ISGID
+            fs.chmod(path, _stat.S_IMODE(mode) & ~drop)
+
+        @handler
         def truncate(self, path, length, fh=None):
             f = self._files.get(fh) if fh is not None else None
             if f is not None and f.writable:
@@ -475,10 +500,17 @@ def serve(image: str, mountpoint: str, on_ready=None, on_error=None, *, private:
         ops = make_operations(fs, mfusepy, mountpoint)
         ops._on_ready_cb = on_ready
         fuse = _fuse_class(mfusepy)
+        ops._session = session = Session(mfusepy._libfuse)
 
         def run():
             fsname = f"daxkit:{os.getpid()}"  # unmount waits for this pid to let go of the image
-            fuse(ops, mountpoint, foreground=True, nothreads=True, fsname=fsname, subtype="daxfs", **options)
+            real = mfusepy.fuse_main_real
+            mfusepy.fuse_main_real = lambda argc, argv, ops_p, size, _: session.main(argv[:argc], ops_p, size)
+            try:
+                fuse(ops, mountpoint, foreground=True, nothreads=True, fsname=fsname, subtype="daxfs",
+                     **options)  # fmt: skip
+            finally:
+                mfusepy.fuse_main_real = real
 
         try:
             return _run_until_signal(ops, run)
