@@ -252,3 +252,27 @@ def test_a_write_by_another_user_clears_set_user_id_as_on_tmpfs(mounted, tmp_pat
     local = tmp_path / "local"
     local.mkdir()
     assert modes(mounted.mnt) == modes(str(local))
+
+
+@pytest.mark.parametrize("how", ["filling", "far past the end"])
+def test_a_file_larger_than_the_device_fails_at_fsync_with_enospc(mounted, how):
+    """Writes are cached: the error comes where a write-back cache reports it (fsync, close), and
+    it says what happened (the filesystem's ENOSPC or EFBIG, not a bare EIO)."""
+    device = os.statvfs(mounted.mnt).f_blocks * P
+    offsets = range(0, device + (1 << 20), 1 << 20) if how == "filling" else [2 * device]
+    fd = os.open(mounted.path("big"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        with pytest.raises(OSError) as ei:
+            for off in offsets:
+                os.pwrite(fd, bytes(1 << 20), off)
+            os.fsync(fd)
+        assert ei.value.errno in (errno.ENOSPC, errno.EFBIG), ei.value
+    finally:
+        try:
+            os.close(fd)
+        except OSError as e:
+            assert e.errno in (errno.ENOSPC, errno.EFBIG), e
+    os.unlink(mounted.path("big"))
+    with open(mounted.path("small"), "wb") as f:  # and the filesystem goes on
+        f.write(b"ok")
+    assert open(mounted.path("small"), "rb").read() == b"ok"

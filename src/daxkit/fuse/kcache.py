@@ -172,6 +172,15 @@ class KernelCache:
             log.debug("scan: %r", e)
             return None, self._seen
 
+    def settle(self, timeout: float) -> None:
+        """Wait, at most ``timeout``, until every change made so far has reached the kernel.
+        A handler may wait here only when its own request holds no page (a direct read): the
+        kernel may need the loop to let go of a page before it drops it."""
+        if self._se is not None and not self._stop.is_set():
+            done = threading.Event()
+            self._events.put(done)
+            done.wait(timeout)
+
     def _watch(self) -> None:
         while not self._stop.is_set():
             try:
@@ -180,7 +189,7 @@ class KernelCache:
                 ev = ()
             if ev is None:
                 return
-            if ev:
+            if isinstance(ev, tuple) and ev:
                 self.invalidate(*ev)
             try:
                 gen = self._fs.dev.state_word[0]
@@ -191,6 +200,8 @@ class KernelCache:
                 for _, path, off, n in sorted(now ^ self._seen):
                     self.invalidate(path, off, n)
                 self._seen = now
+            if isinstance(ev, threading.Event):
+                ev.set()
 
     def invalidate(self, path: str, offset: int, length: int) -> None:
         """Drop the kernel's cached pages of ``path`` covering [offset, offset+length).  Never

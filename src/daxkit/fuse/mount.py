@@ -59,6 +59,7 @@ FSTYPE = b"fuse.daxfs"  # what /proc/self/mountinfo shows for our mounts (subtyp
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # utimensat(2)'s tv_nsec markers
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_WRITEBACK_CACHE = 1 << 12, 1 << 16  # fuse_common.h
+SETTLE_TIMEOUT = 0.5  # s a direct read that failed waits for the cache to be told
 ENODATA_NAMES = (b"security.", b"system.", b"trusted.")  # asked on every write (file_remove_privs)
 STATVFS_KEYS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
                 "f_favail", "f_flag", "f_namemax")  # fmt: skip
@@ -111,6 +112,17 @@ def _fuse_class(mfusepy):
             if name.startswith(ENODATA_NAMES):
                 return -errno.ENODATA
             return super().getxattr(path, name, value, size, *args)
+
+        def read(self, path, buf, size, offset, fip):
+            try:
+                return super().read(path, buf, size, offset, fip)
+            except mfusepy.FuseOSError as e:
+                kc = self.operations._kcache
+                if e.errno == errno.EIO and fip.contents.flags & os.O_DIRECT and kc is not None:
+                    # A direct read may have just made poison known (consumption) in a page that
+                    # others have cached: that page is gone from the cache before we answer.
+                    kc.settle(SETTLE_TIMEOUT)
+                raise
 
         def write(self, path, buf, size, offset, fip):
             fi = fip.contents
