@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,6 +76,26 @@ def assert_eio(fd: int, page: int) -> None:
     with pytest.raises(OSError) as ei:
         os.pread(fd, P, page * P)
     assert ei.value.errno == errno.EIO
+
+
+def test_pages_stay_cached_across_opens_and_fadvise(mounted):
+    data, fd = cached_file(mounted, "f")
+    os.close(fd)
+    fd = os.open(mounted.path("f"), os.O_RDONLY)  # a new open keeps them (keep_cache)
+    try:
+        assert all(resident(mounted.path("f")))
+        # fio's "invalidate" before every pass; the pin is made in the background after the open
+        deadline = time.monotonic() + 5
+        while True:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if all(resident(mounted.path("f"))) or time.monotonic() > deadline:
+                break
+            assert os.pread(fd, len(data), 0) == data
+            time.sleep(0.01)
+        assert all(resident(mounted.path("f"))), "DONTNEED dropped the pages of an open file"
+        assert os.pread(fd, len(data), 0) == data
+    finally:
+        os.close(fd)
 
 
 def test_inject_error_in_another_process_fails_the_next_read_of_a_cached_page(mounted):

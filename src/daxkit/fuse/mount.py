@@ -113,6 +113,13 @@ def _fuse_class(mfusepy):
                 return -errno.ENODATA
             return super().getxattr(path, name, value, size, *args)
 
+        def open(self, path, fip):
+            super().open(path, fip)
+            # Pages stay cached across opens, except for a file with other names: libfuse gives
+            # each name its own kernel inode, so each name's pages are reloaded at open.
+            fip.contents.keep_cache = self.operations.single_name(path.decode(self.encoding, self.errors))
+            return 0
+
         def read(self, path, buf, size, offset, fip):
             try:
                 return super().read(path, buf, size, offset, fip)
@@ -197,7 +204,7 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
         def init_with_config(self, conn, config):
             """Caches on: pages kept across opens, writes cached, explicit invalidation only."""
             if config is not None:
-                config.kernel_cache = 1
+                config.kernel_cache = 0  # keep_cache is set per open (_fuse_class)
                 config.auto_cache = 0
             if conn is not None:
                 if conn.capable & FUSE_CAP_WRITEBACK_CACHE:
@@ -332,6 +339,12 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
                 f.close()
                 raise
             return self._add(f)
+
+        def single_name(self, path) -> bool:
+            try:
+                return fs.stat(path).st_nlink == 1
+            except Exception:
+                return False
 
         @handler
         def open(self, path, flags):
