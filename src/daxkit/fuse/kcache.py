@@ -163,6 +163,9 @@ class KernelCache:
         shows as a new generation at the next tick)."""
         try:
             gen = self._fs.dev.state_word[0]
+        except Exception:  # the device is closed
+            return None, self._seen
+        try:
             return gen, {
                 (o["ino"], o["path"], o["file_offset"], o["file_length"])
                 for o in self._fs.scan()
@@ -170,7 +173,7 @@ class KernelCache:
             }
         except Exception as e:  # an unmounted or shut-down filesystem: nothing left to follow
             log.debug("scan: %r", e)
-            return None, self._seen
+            return gen, self._seen
 
     def settle(self, timeout: float) -> None:
         """Wait, at most ``timeout``, until every change made so far has reached the kernel.
