@@ -113,7 +113,7 @@ def _fuse_class(mfusepy):
             super().open(path, fip)
             # Pages stay cached across opens, except for a file with other names: libfuse gives
             # each name its own kernel inode, so each name's pages are reloaded at open.
-            fip.contents.keep_cache = self.operations.single_name(path.decode(self.encoding, self.errors))
+            fip.contents.keep_cache = self.operations._single_name(path.decode(self.encoding, self.errors))
             return 0
 
         def read(self, path, buf, size, offset, fip):
@@ -130,7 +130,7 @@ def _fuse_class(mfusepy):
         def write(self, path, buf, size, offset, fip):
             fi = fip.contents
             if not fi.writepage and path:  # a user's own write, not a write-back (session.py)
-                self.operations.written_by_user(path.decode(self.encoding, self.errors))
+                self.operations._written_by_user(path.decode(self.encoding, self.errors))
             raw = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents)))
             data = raw.cast("B")
             try:
@@ -336,7 +336,7 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
                 raise
             return self._add(f)
 
-        def single_name(self, path) -> bool:
+        def _single_name(self, path) -> bool:
             try:
                 return fs.stat(path).st_nlink == 1
             except Exception:
@@ -356,7 +356,7 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
             return self._file(fh).pwrite(data, offset)
 
         @handler
-        def written_by_user(self, path):
+        def _written_by_user(self, path):
             """With HANDLE_KILLPRIV_V2 the server clears what the kernel's should_remove_suid
             would when someone without CAP_FSETID writes: set-user-ID, and set-group-ID when the
             file is group-executable or the writer is outside its group.  The kernel sends such
