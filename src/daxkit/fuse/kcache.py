@@ -139,7 +139,10 @@ class KernelCache:
         self._fuse = fuse_ptr
         self._se = self._lib.fuse_get_session(fuse_ptr)
         self._gen, self._seen = self._scan()
-        self._helper = _Helper(self._mnt)
+        try:
+            self._helper = _Helper(self._mnt)
+        except OSError as e:  # no pins, whole files invalidated: slower, as true
+            log.warning("the mount's helper process did not start: %s", e)
         threading.Thread(target=self._watch, name="daxkit-fuse-watch", daemon=True).start()
 
     def stop(self) -> None:
