@@ -201,6 +201,12 @@ class DaxFile:
             self._fs._truncate(self.ino, size)
             return size
 
+    def utime(self, times=None) -> None:
+        """futimens(2): ``fs.utime`` of this file, named or not (an unlinked open file too)."""
+        with self._fs._lock:
+            self._ready()
+            self._fs._update(None, self._fs._utime_change(self.name, times), ino=self.ino)
+
     def fallocate(self, mode: int, offset: int, length: int) -> None:
         with self._fs._lock:
             self._ready(write=True)

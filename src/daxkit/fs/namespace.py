@@ -341,11 +341,12 @@ class Namespace:
                 self._release(old, freed)
 
     # -- attributes -----------------------------------------------------------------------------
-    def _update(self, path: str, change, follow: bool = True) -> None:
-        """One inode's attributes changed by ``change(node, caller)`` on a copy, committed."""
+    def _update(self, path: str | None, change, follow: bool = True, ino: int | None = None) -> None:
+        """One inode's attributes (the one at ``path``, or inode ``ino``: an open file's, which
+        may have no name left) changed by ``change(node, caller)`` on a copy, committed."""
         with self._lock:
             self._check(write=True)
-            node = self._resolve(path, follow).copy()
+            node = (self._resolve(path, follow) if ino is None else self._inode(ino)).copy()
             change(node, self._cred())
             node.ctime = time.time_ns()
             self._commit([["i", node.ino, node.to_json()]], use_reserve=True)
@@ -381,6 +382,9 @@ class Namespace:
         ``UTIME_OMIT``; None sets both to now; a bare number is the mtime in seconds.  A time that
         is not a finite number a 64-bit nanosecond count can hold is EINVAL.  Setting a time
         other than now takes the owner or root (EPERM); now, write permission too (EACCES)."""
+        self._update(path, self._utime_change(path, times), follow_symlinks)
+
+    def _utime_change(self, path: str, times):
         now = time.time_ns()
         if times is None:
             atime, mtime = now, now
@@ -402,15 +406,18 @@ class Namespace:
             if mtime != UTIME_OMIT:
                 node.mtime = mtime
 
-        self._update(path, change, follow_symlinks)
+        return change
 
     # -- files -------------------------------------------------------------------------------------
     def open(self, path: str, mode: str | int = "r", *, perm: int = 0o644, follow_symlinks: bool = True
              ) -> DaxFile:  # fmt: skip
         """Open as open() does (``mode`` "r", "w+", ...), or as os.open does (``mode`` the O_*
-        flags: O_WRONLY, O_CREAT, O_EXCL, O_TRUNC, O_APPEND, O_NOFOLLOW); a new file gets ``perm``.
-        ``follow_symlinks=False`` is O_NOFOLLOW: a symbolic link at the end of the path is ELOOP."""
+        flags: O_WRONLY, O_CREAT, O_EXCL, O_TRUNC, O_APPEND, O_NOFOLLOW, O_NOATIME); a new file gets
+        ``perm``.  ``follow_symlinks=False`` is O_NOFOLLOW: a symbolic link at the end of the path
+        is ELOOP.  O_NOATIME: the open leaves atime alone (see _relatime)."""
+        touch_atime = True
         if isinstance(mode, int) and not isinstance(mode, bool):
+            touch_atime = not mode & os.O_NOATIME
             acc = mode & (os.O_WRONLY | os.O_RDWR)
             readable, writable, create = acc != os.O_WRONLY, acc != os.O_RDONLY, bool(mode & os.O_CREAT)
             trunc = 2 if create and mode & os.O_EXCL else 1 if mode & os.O_TRUNC else 0
@@ -451,7 +458,7 @@ class Namespace:
                 require(cred, node, (MAY_READ if readable else 0) | (MAY_WRITE if writable else 0), path)
                 if trunc == 1 and (node.size or node.ext):
                     self._truncate(node.ino, 0)
-                elif readable and not self.readonly:
+                elif readable and touch_atime and not self.readonly:
                     self._relatime(node)
             return DaxFile(self, node.ino, path, bool(readable), bool(writable), append)
 

@@ -121,14 +121,14 @@ def check_chown(cred: Cred, node: Inode, uid: int, gid: int, what: str) -> None:
 
 def killed_privs(cred: Cred | None, node: Inode) -> int:
     """should_remove_suid / setattr_should_drop_suidgid: the mode a write, truncate or chown
-    leaves.  S_ISUID goes, S_ISGID goes with group execute (without it, it marks mandatory
-    locking and stays); ``cred`` None is a chown, which clears them even for root; a write by
-    root (CAP_FSETID) keeps them."""
+    leaves.  S_ISUID goes; S_ISGID goes with group execute, and after a write by someone outside
+    the file's group (setattr_should_drop_sgid; tmpfs here does the same); ``cred`` None is a
+    chown, which clears them even for root; a write by root (CAP_FSETID) keeps them."""
     mode = node.mode
     if node.is_dir or (cred is not None and cred.is_root):
         return mode
     if mode & _stat.S_ISUID:
         mode &= ~_stat.S_ISUID
-    if mode & _stat.S_ISGID and mode & 0o010:
+    if mode & _stat.S_ISGID and (mode & 0o010 or (cred is not None and not cred.in_group(node.gid))):
         mode &= ~_stat.S_ISGID
     return mode

@@ -10,12 +10,13 @@ Rules
     rest), so nothing reaches mfusepy, whose fallback would log and guess.
   * A read replies with the whole request, or fewer bytes only at end of file, or EIO: the
     kernel takes a short reply for end of file (and may zero-fill the rest of the page), so
-    poison met mid-request must be EIO, never a short count.  Hence no direct_io/keep_cache.
-  * The kernel caches file pages.  When the filesystem hears that file data was lost (a scrub in
-    another process, a consumed line), the file's cached pages are invalidated, so the next
-    reader asks us and gets EIO, and an mmap load of the page gets SIGBUS.  Invalidation runs on
-    a worker thread: calling it from inside a request handler could wait on a page lock held for
-    that very request.
+    poison met mid-request must be EIO, never a short count.  Hence no direct_io.
+  * The kernel caches file pages across opens (keep_cache; writes go through to us, see
+    WRITEBACK_CACHE); ``kcache.py`` keeps those pages true: when the device's known errors
+    change, in this process or another, the cached pages of exactly the affected file ranges
+    are invalidated, so the next reader asks us and gets EIO, and an mmap load of the page gets
+    SIGBUS.  The kernel decides about the cache only on
+    that explicit word (no auto_inval_data): this server is the only writer of the filesystem.
   * The kernel checks permissions (``default_permissions``) against the mode and owners we
     report, for every user of the machine (``allow_other``, where fuse.conf permits) unless the
     mount is private.  Each request that makes or removes names runs as its caller
@@ -33,11 +34,11 @@ Rules
   * ``user.daxkit.bad_ranges`` (xattr) is the file's bad ranges as JSON.
 
 Theory of operation
-  ``serve`` runs libfuse's loop on a worker thread while the main thread holds SIGINT, SIGTERM
-  and SIGHUP: a signal ends the loop the way ``fuse_exit`` does (libfuse then detaches the
-  mount), and ``serve`` returns the signal's number after closing the filesystem and device.
-  ``mount_background`` forks a server and waits for its ``init``.  ``unmount`` unmounts only
-  daxkit mounts, and a busy one only when asked to detach lazily.
+  ``serve`` runs libfuse's loop (``session.py``) on a worker thread while the main thread holds
+  SIGINT, SIGTERM and SIGHUP: a signal ends the loop the way ``fuse_exit`` does (libfuse then
+  detaches the mount), and ``serve`` returns the signal's number after closing the filesystem
+  and device.  ``mount_background`` forks a server and waits for its ``init``.  ``unmount``
+  (``umount.py``) unmounts only daxkit mounts, and a busy one only when asked to detach lazily.
 """
 
 from __future__ import annotations
@@ -49,24 +50,32 @@ import json
 import logging
 import os
 import queue
-import re
-import shutil
 import signal
 import stat as _stat
-import subprocess
 import threading
 import time
 
-from ..errors import Busy, DaxError
+from ..errors import DaxError
+from .kcache import KernelCache
+from .session import Session
+from .umount import FSTYPE, unmount  # noqa: F401 -- callers find unmount beside mount_background
 
 XATTR_BAD_RANGES = "user.daxkit.bad_ranges"
 INVAL_WAIT = 0.2  # seconds a request waits for the other names of a hard-linked inode to be invalidated
 HIDDEN_PREFIX = ".fuse_hidden"  # libfuse renames an open file to this instead of unlinking it
 O_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
 RENAME_NOREPLACE = 1  # renameat2(2)
-FSTYPE = b"fuse.daxfs"  # what /proc/self/mountinfo shows for our mounts (subtype "daxfs")
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # utimensat(2)'s tv_nsec markers
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_WRITEBACK_CACHE = 1 << 12, 1 << 16  # fuse_common.h
+# The kernel's writeback cache is off: with it the kernel trusts its own i_size of a regular
+# file, and libfuse's high-level API gives each name of a hard-linked file its own kernel inode,
+# so a size changed through one name is never seen through another (the tmpfs differential
+# test catches it).  It made 4 KiB random writes ~10x faster; an inode-based (low-level)
+# server could have both.
+WRITEBACK_CACHE = False
+SETTLE_TIMEOUT = 0.5  # s a direct read that failed waits for the cache to be told
+ENODATA_NAMES = (b"security.", b"system.", b"trusted.")  # asked on every write (file_remove_privs)
 STATVFS_KEYS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
                 "f_favail", "f_flag", "f_namemax")  # fmt: skip
 # errnos for exceptions that carry none, first match wins (UnicodeError is a ValueError)
@@ -137,20 +146,57 @@ def _ns_of_timespec(ts) -> int:
 
 
 def _fuse_class(mfusepy):
-    """mfusepy's FUSE, with utimens keeping UTIME_NOW/UTIME_OMIT: with ``use_ns`` mfusepy hands
-    the handler ``tv_sec * 10**9 + tv_nsec``, in which the markers are lost."""
+    """mfusepy's FUSE, with utimens keeping UTIME_NOW/UTIME_OMIT (with ``use_ns`` mfusepy hands
+    the handler ``tv_sec * 10**9 + tv_nsec``, in which the markers are lost), and two fast paths
+    measured on fio: the kernel asks for ``security.capability`` before every write, answered
+    here without a trip through the handler's exception; and written bytes reach the handler as
+    a view of libfuse's buffer, not a copy."""
 
     class DaxFUSE(mfusepy.FUSE):
-        def utimens_fuse_2(self, path, buf):
+        def getxattr(self, path, name, value, size, *args):
+            if name.startswith(ENODATA_NAMES):
+                return -errno.ENODATA
+            return super().getxattr(path, name, value, size, *args)
+
+        def open(self, path, fip):
+            super().open(path, fip)
+            # Pages stay cached across opens, except for a file with other names: libfuse gives
+            # each name its own kernel inode, so each name's pages are reloaded at open.
+            fip.contents.keep_cache = self.operations._single_name(path.decode(self.encoding, self.errors))
+            return 0
+
+        def read(self, path, buf, size, offset, fip):
+            try:
+                return super().read(path, buf, size, offset, fip)
+            except mfusepy.FuseOSError as e:
+                kc = self.operations._kcache
+                if e.errno == errno.EIO and fip.contents.flags & os.O_DIRECT and kc is not None:
+                    # A direct read may have just made poison known (consumption) in a page that
+                    # others have cached: that page is gone from the cache before we answer.
+                    kc.settle(SETTLE_TIMEOUT)
+                raise
+
+        def write(self, path, buf, size, offset, fip):
+            fi = fip.contents
+            raw = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents)))
+            data = raw.cast("B")
+            try:
+                return self.operations.write(None, data, offset, fi.fh)
+            finally:
+                data.release()
+                raw.release()
+
+        def utimens_fuse_2(self, path, buf, fh=None):
             times = None
             if buf:
                 times = (_ns_of_timespec(buf.contents.actime), _ns_of_timespec(buf.contents.modtime))
             return self.operations.utimens(
-                None if path is None else path.decode(self.encoding, self.errors), times
+                None if path is None else path.decode(self.encoding, self.errors), times, fh
             )
 
         def utimens_fuse_3(self, path, buf, fip):
-            return self.utimens_fuse_2(path, buf)
+            # the writeback cache's own mtime/ctime flush names the open file, not a path
+            return self.utimens_fuse_2(path, buf, fip.contents.fh if fip else None)
 
         def truncate_fuse_3(self, path, length, fip):
             # mfusepy drops the handle: an ftruncate of an unlinked file has no path, only it
@@ -166,7 +212,8 @@ def _fuse_class(mfusepy):
     return DaxFUSE
 
 
-def make_operations(fs, mfusepy):
+def make_operations(fs, mfusepy, mountpoint: str | None = None):
+    """The handlers.  With ``mountpoint``, the kernel's cache of it is kept true (kcache.py)."""
     FuseOSError = mfusepy.FuseOSError
 
     def handler(fn):
@@ -209,25 +256,25 @@ def make_operations(fs, mfusepy):
             self._files: dict[int, object] = {}
             self._dirs: dict[int, str] = {}  # open directories: handle -> path
             self._hidden: dict[str, int] = {}  # libfuse's hidden names of unlinked open files -> inode
+            self._hidden_at: dict[str, str] = {}  # the same names -> their paths
+            self._users: dict[int, int] = {}  # fh -> ino, for the handles of users (not our pins)
             self._next_fh = 1
             self._fh_lock = threading.Lock()
             self._fuse_ptr = None
             self._ready = threading.Event()
-            self._inval: queue.Queue = queue.Queue()
             self._on_ready_cb = None
-            fs.add_failure_listener(self._on_failure)
             lib = mfusepy._libfuse
-            lib.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-            lib.fuse_invalidate_path.restype = ctypes.c_int
             lib.fuse_exit.argtypes = [ctypes.c_void_p]
             lib.fuse_exit.restype = None
+            self._kcache = KernelCache(fs, lib, mountpoint) if mountpoint is not None else None
+            self._session = None
+            # the other names of a hard-linked inode (_inval_links): attributes, by path
+            self._inval: queue.Queue = queue.Queue()
+            lib.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            lib.fuse_invalidate_path.restype = ctypes.c_int
             threading.Thread(target=self._invalidator, name="daxkit-fuse-inval", daemon=True).start()
 
-        # -- cache invalidation ----------------------------------------------------------------
-        def _on_failure(self, ino, path, file_offset, length):
-            if path:
-                self._inval.put(path)
-
+        # -- invalidation of attributes (pages: kcache.py) ----------------------------------------
         def _invalidator(self):
             while True:
                 item = self._inval.get()
@@ -244,9 +291,11 @@ def make_operations(fs, mfusepy):
         def _inval_links(self, ino: int, changed: str | None) -> None:
             """The kernel holds one inode per name (libfuse's nodes are names): when an inode with
             other names changes, their cached attributes go too.  The invalidation runs on the
-            worker (see _on_failure); the request waits a moment for it, so that the caller's
+            worker (calling it from inside a request could wait on a page lock
+            held for that very request); the request waits a moment for it, so that the caller's
             next stat of another name is fresh, but never long (a page lock could hold it)."""
-            others = [p for p in fs.paths_of(ino) if p != changed]
+            hidden = [at for n, at in list(self._hidden_at.items()) if self._hidden.get(n) == ino]
+            others = [p for p in fs.paths_of(ino) + hidden if p != changed]
             if not others or self._fuse_ptr is None:
                 return
             done = [threading.Event() for _ in others]
@@ -262,9 +311,22 @@ def make_operations(fs, mfusepy):
             if self._fuse_ptr is not None:
                 mfusepy._libfuse.fuse_exit(self._fuse_ptr)
 
+        def init_with_config(self, conn, config):
+            """Caches on: pages kept across opens, writes cached, explicit invalidation only."""
+            if config is not None:
+                config.kernel_cache = 0  # keep_cache is set per open (_fuse_class)
+                config.auto_cache = 0
+            if conn is not None:
+                if WRITEBACK_CACHE and conn.capable & FUSE_CAP_WRITEBACK_CACHE:
+                    conn.want |= FUSE_CAP_WRITEBACK_CACHE
+                conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA
+            self.init("/")
+
         def init(self, path):
             try:
                 self._fuse_ptr = mfusepy._libfuse.fuse_get_context().contents.fuse
+                if self._kcache is not None:
+                    self._kcache.start(self._fuse_ptr)
                 self._ready.set()
                 if self._on_ready_cb is not None:
                     self._on_ready_cb()
@@ -273,6 +335,8 @@ def make_operations(fs, mfusepy):
 
         def destroy(self, path):
             self._inval.put(None)
+            if self._kcache is not None:
+                self._kcache.stop()
 
         # -- attributes ----------------------------------------------------------------------------
         @handler
@@ -330,9 +394,14 @@ def make_operations(fs, mfusepy):
             return None
 
         @handler
-        def utimens(self, path, times=None):
-            if self._hidden_file(path) is not None:
-                raise FuseOSError(errno.EPERM)
+        def utimens(self, path, times=None, fh=None):
+            f = self._files.get(fh) if path is None and fh is not None else self._hidden_file(path)
+            if f is not None:  # on an open handle (the writeback cache's own flush of times), or
+                # on libfuse's hidden name of an unlinked open file: the inode itself
+                f.utime(None if times is None else (int(times[0]), int(times[1])))
+                return 0
+            if path is None:
+                raise FuseOSError(errno.EBADF)
             if times is None:
                 fs.utime(path, follow_symlinks=False)
             else:
@@ -406,11 +475,12 @@ def make_operations(fs, mfusepy):
             name = path.rpartition("/")[2]
             if name in self._hidden:
                 del self._hidden[name]  # libfuse's last close of a hidden file: already unlinked
+                self._hidden_at.pop(name, None)
                 return 0
             st = fs.lstat(path)
             fs.unlink(path)
-            if st.st_nlink > 1:
-                self._changed(path, st.st_ino)
+            if st.st_nlink > 1 or st.st_ino in self._hidden.values():
+                self._changed(path, st.st_ino)  # its other names, hidden open ones included
             return 0
 
         @handler
@@ -423,6 +493,7 @@ def make_operations(fs, mfusepy):
                 st = fs.lstat(old)  # libfuse hiding an open file: unlink it, keep the hidden name
                 fs.unlink(old)
                 self._hidden[hidden] = st.st_ino
+                self._hidden_at[hidden] = new
                 if st.st_nlink > 1:
                     self._changed(old, st.st_ino)
                 return 0
@@ -458,12 +529,23 @@ def make_operations(fs, mfusepy):
             return 0
 
         # -- files -------------------------------------------------------------------------------
-        def _add(self, f) -> int:
+        def _add(self, f, path: str | None = None) -> int:
             with self._fh_lock:
                 fh = self._next_fh
                 self._next_fh += 1
                 self._files[fh] = f
+                kc = self._kcache
+                if kc is not None and not kc.is_own(mfusepy._libfuse.fuse_get_context().contents.pid):
+                    self._users[fh] = f.ino
+                    if path is not None:
+                        kc.opened(f.ino, path)
                 return fh
+
+        def _last_user(self, fh) -> bool:
+            """Is ``fh`` a user's handle, and the last one of its file?"""
+            with self._fh_lock:
+                ino = self._users.get(fh)
+                return ino is not None and sum(1 for i in self._users.values() if i == ino) == 1
 
         def _file(self, fh):
             f = self._files.get(fh)
@@ -476,11 +558,25 @@ def make_operations(fs, mfusepy):
         def create(self, path, mode, fi=None):
             return self._add(fs.open(path, "x+", perm=mode & 0o7777))
 
+        def _single_name(self, path) -> bool:
+            try:
+                return fs.stat(path).st_nlink == 1
+            except Exception:
+                return False
+
         @handler
         @as_caller
         def open(self, path, flags):
-            # O_TRUNC is ours (libfuse asks for atomic_o_trunc); O_APPEND is the kernel's
-            return self._add(fs.open(path, flags & (O_ACCMODE | os.O_TRUNC)))
+            # O_TRUNC is ours (libfuse asks for atomic_o_trunc); O_APPEND is the kernel's.  Our own
+            # pinner's opens (kcache.py) are no reader's: they leave atime alone.
+            kc = self._kcache
+            own = kc is not None and kc.is_own(mfusepy._libfuse.fuse_get_context().contents.pid)
+            f = fs.open(path, flags & (O_ACCMODE | os.O_TRUNC) | (os.O_NOATIME if own else 0))
+            if WRITEBACK_CACHE and flags & O_ACCMODE == os.O_WRONLY:
+                # the writeback cache completes a partly written page by reading it through the
+                # writer's own handle (the kernel checked the writer's permission to write)
+                f.readable = True
+            return self._add(f, path)
 
         @handler
         def read(self, path, size, offset, fh):
@@ -523,9 +619,15 @@ def make_operations(fs, mfusepy):
             return 0
 
         def flush(self, path, fh):
+            if self._last_user(fh):
+                self._kcache.unpin(self._users[fh])  # before close(2) returns: umount may follow
             return 0
 
         def release(self, path, fh):
+            if self._last_user(fh):
+                self._kcache.unpin(self._users[fh])
+            with self._fh_lock:
+                self._users.pop(fh, None)
             f = self._files.pop(fh, None)
             if f is not None:
                 try:
@@ -636,13 +738,20 @@ def serve(image: str, mountpoint: str, on_ready=None, on_error=None, *, private:
         dev.close()
         raise
     try:
-        ops = make_operations(fs, mfusepy)
+        ops = make_operations(fs, mfusepy, mountpoint)
         ops._on_ready_cb = on_ready
         fuse = _fuse_class(mfusepy)
+        ops._session = session = Session(mfusepy._libfuse)
 
         def run():
             fsname = f"daxkit:{os.getpid()}"  # unmount waits for this pid to let go of the image
-            fuse(ops, mountpoint, foreground=True, nothreads=True, fsname=fsname, subtype="daxfs", **options)
+            real = mfusepy.fuse_main_real
+            mfusepy.fuse_main_real = lambda argc, argv, ops_p, size, _: session.main(argv[:argc], ops_p, size)
+            try:
+                fuse(ops, mountpoint, foreground=True, nothreads=True, fsname=fsname, subtype="daxfs",
+                     **options)  # fmt: skip
+            finally:
+                mfusepy.fuse_main_real = real
 
         try:
             return _run_until_signal(ops, run)
@@ -694,71 +803,3 @@ def mount_background(image: str, mountpoint: str, timeout: float = 30.0, *, priv
         code, _, msg = line[2:].strip().partition(" ")
         raise DaxError(msg, errno=int(code) if code.isdigit() else errno.EIO)
     raise DaxError(f"the mount server did not come up within {timeout:.0f} s", errno=errno.ETIMEDOUT)
-
-
-# -- unmounting ----------------------------------------------------------------------------------
-def _fstype_at(mountpoint: str) -> tuple[bytes, bytes]:
-    """(type, source) of what is mounted at ``mountpoint`` (the topmost one); ENOENT if the path does
-    not exist, EINVAL if it is not a mount point.  Read from mountinfo rather than stat, which
-    fails on a mount whose server died (ENOTCONN)."""
-    path = os.path.realpath(mountpoint)
-    try:
-        os.lstat(path)
-    except FileNotFoundError:
-        raise DaxError("mount point does not exist", errno=errno.ENOENT, path=mountpoint) from None
-    except OSError:
-        pass  # a dead FUSE mount: ENOTCONN; it exists
-    want = os.fsencode(path)
-    found = None
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split()
-            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
-            if point == want:
-                found = fields[fields.index(b"-") + 1 :][:2]
-    if found is None:
-        raise DaxError("not a mount point", errno=errno.EINVAL, path=mountpoint)
-    return found[0], found[1] if len(found) > 1 else b""
-
-
-def unmount(mountpoint: str, lazy: bool = False) -> None:
-    """Unmount a daxkit FUSE mount.  A busy mount (a file open in it, a process inside it) is
-    EBUSY and stays mounted, unless ``lazy``: then it is detached from the tree now and its
-    server ends when the last user lets go (umount -l)."""
-    fstype, source = _fstype_at(mountpoint)
-    if fstype != FSTYPE:
-        raise DaxError(
-            f"not a daxkit mount (it is {fstype.decode(errors='replace')})",
-            errno=errno.EINVAL,
-            path=mountpoint,
-        )
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-uz" if lazy else "-u"] if tool else ["umount", "-l"] if lazy else ["umount"]
-    r = subprocess.run([*cmd, mountpoint], capture_output=True, text=True)
-    if r.returncode == 0:
-        if not lazy:
-            _wait_for_server(source)
-        return
-    why = r.stderr.strip() or r.stdout.strip()
-    if "busy" in why.lower():
-        raise Busy("mount point is busy: a file in it is open or a process is inside it "
-                   "(umount --lazy detaches it anyway)", path=mountpoint)  # fmt: skip
-    raise DaxError(f"cannot unmount: {why}", errno=errno.EPERM, path=mountpoint)
-
-
-def _wait_for_server(source: bytes, timeout: float = 10.0) -> None:
-    """The kernel detaches a mount before its server lets go of the image: wait for the server
-    (its pid is in the mount's source, "daxkit:PID") so that the image is free when we return."""
-    _, _, pid_text = source.partition(b":")
-    pid = int(pid_text) if pid_text.isdigit() else 0
-    if pid <= 0 or pid == os.getpid():
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-                    return  # exited; its parent has not reaped it yet
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        time.sleep(0.005)
