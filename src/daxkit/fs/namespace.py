@@ -123,23 +123,23 @@ class Namespace:
 
     def listdir(self, path: str = "/") -> list[str]:
         with self._lock:
-            self._check()
-            node = self._resolve(path)
-            if not node.is_dir:
-                raise fs_error(errno.ENOTDIR, f"{path}: not a directory")
-            require(self._cred(), node, MAY_READ, path)
-            return sorted(node.ents)
+            return sorted(self._readable_dir(path).ents)
 
     def scandir(self, path: str = "/") -> list[tuple[str, os.stat_result]]:
         """(name, stat) of every entry, sorted by name, from one view: beside a live writer a
         listdir followed by stats could meet names that are already gone."""
         with self._lock:
-            self._check()
-            node = self._resolve(path)
-            if not node.is_dir:
-                raise fs_error(errno.ENOTDIR, f"{path}: not a directory")
-            require(self._cred(), node, MAY_READ, path)
+            node = self._readable_dir(path)
             return [(name, self._stat(self.meta.inodes[ino])) for name, ino in sorted(node.ents.items())]
+
+    def _readable_dir(self, path: str) -> Inode:
+        """The directory at ``path``, if the caller may list it (lock held)."""
+        self._check()
+        node = self._resolve(path)
+        if not node.is_dir:
+            raise fs_error(errno.ENOTDIR, f"{path}: not a directory")
+        require(self._cred(), node, MAY_READ, path)
+        return node
 
     # -- making names -------------------------------------------------------------------------------
     def _new_entry(self, path: str) -> tuple[Inode, str, Cred]:
