@@ -610,6 +610,8 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
             if f is not None and (f.writable or path is None or HIDDEN_PREFIX in path):
                 with self._as_writer(f):
                     f.truncate(length)
+                if f.stat().st_nlink > 1 or f.ino in self._hidden.values():
+                    self._changed(path, f.ino)  # an ftruncate's size, through the other names too
                 return 0
             f = fs.open(path, os.O_WRONLY)
             try:
