@@ -599,6 +599,8 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
         @handler
         def write(self, path, data, offset, fh):
             f = self._file(fh)
+            if not f.setid:  # the common case, on the fast path
+                return f.pwrite(data, offset)
             with self._as_writer(f):
                 return f.pwrite(data, offset)
 
