@@ -265,6 +265,20 @@ def test_a_write_by_another_user_clears_setuid(fs):
     assert stat.S_IMODE(fs.stat("/pub/f").st_mode) == 0o777
 
 
+def test_fallocate_by_another_user_clears_setuid_as_a_write_does(fs):
+    """vfs_fallocate's file_modified: ext4 and tmpfs drop the set-ID bits as a write does."""
+    fs.mkdir("/pub", 0o777)
+    write_file(fs, "/pub/f", b"0123")
+    fs.chmod("/pub/f", 0o6777)
+    with fs.open("/pub/f", "r+") as f:  # root keeps them (CAP_FSETID)
+        f.fallocate(0, 0, 8192)
+    assert stat.S_IMODE(fs.stat("/pub/f").st_mode) == 0o6777
+    with fs.as_user(1000, 100):
+        with fs.open("/pub/f", "r+") as f:
+            f.fallocate(0, 0, 16384)
+    assert stat.S_IMODE(fs.stat("/pub/f").st_mode) == 0o777
+
+
 # -- times --------------------------------------------------------------------------------------------
 def test_times_are_apart_in_nanoseconds_and_ctime_moves_on_every_change(fs):
     write_file(fs, "/f", b"")

@@ -275,6 +275,62 @@ def test_a_write_by_another_user_clears_set_user_id_as_on_tmpfs(mounted, tmp_pat
     assert modes(mounted.mnt) == modes(str(local))
 
 
+def _change_as(uid: int, groups: list[int], dirfd: int, name: str, how: str) -> None:
+    """``name``'s data under ``dirfd`` changed by ``uid`` with supplementary ``groups`` (a forked
+    child; through the directory's descriptor, as the directories above may be closed to it)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.setgroups(groups)
+            os.setgid(uid)
+            os.setuid(uid)
+            if how == "truncate":
+                os.truncate(f"/proc/self/fd/{dirfd}/{name}", 1)
+            else:
+                fd = os.open(name, os.O_WRONLY, dir_fd=dirfd)
+                if how == "write":
+                    os.write(fd, b"x")
+                elif how == "ftruncate":
+                    os.ftruncate(fd, 8)
+                else:
+                    os.posix_fallocate(fd, 0, 8192)
+                os.close(fd)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to write as another user")
+def test_truncate_fallocate_and_group_members_clear_set_id_bits_as_on_tmpfs(mounted, tmp_path):
+    """Under HANDLE_KILLPRIV_V2 the kernel clears nothing itself: a truncate, ftruncate or
+    fallocate clears the bits as a write does, and S_ISGID without group execute stays for a
+    member of the file's group (its supplementary groups count) but goes for anyone else."""
+
+    def modes(d) -> list[tuple[str, int]]:
+        out = []
+        dirfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for how in ("write", "truncate", "ftruncate", "fallocate"):
+                for groups in ([], [4242]):
+                    for mode in (0o6777, 0o2666):
+                        name = f"{how}-{len(groups)}-{mode:o}"
+                        with open(os.path.join(d, name), "wb") as fh:
+                            fh.write(b"data")
+                        os.chown(os.path.join(d, name), 0, 4242)
+                        os.chmod(os.path.join(d, name), mode)
+                        _change_as(65534, groups, dirfd, name, how)
+                        out.append((name, os.stat(os.path.join(d, name)).st_mode & 0o7777))
+        finally:
+            os.close(dirfd)
+        return out
+
+    local = tmp_path / "local"
+    local.mkdir()
+    assert modes(mounted.mnt) == modes(str(local))
+
+
 @pytest.mark.parametrize("how", ["filling", "far past the end"])
 def test_a_file_larger_than_the_device_fails_at_fsync_with_enospc(mounted, how):
     """Writes are cached: the error comes where a write-back cache reports it (fsync, close), and

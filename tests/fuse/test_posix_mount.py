@@ -53,6 +53,24 @@ def test_links_special_files_and_an_unlinked_open_file(mounted):
     assert sorted(os.listdir(mounted.mnt)) == want
 
 
+def test_an_ftruncate_is_seen_at_once_through_the_other_names(mounted):
+    """The kernel holds one inode per name: a truncate through an open handle invalidates the
+    other names' cached attributes, as a truncate by path does."""
+    p = mounted.path
+    with open(p("f"), "w") as f:
+        f.write("0123")
+    os.link(p("f"), p("h"))
+    assert os.stat(p("f")).st_size == os.stat(p("h")).st_size == 4  # both names' attributes cached
+    fd = os.open(p("h"), os.O_RDWR)
+    try:
+        os.ftruncate(fd, 1)
+        assert os.stat(p("f")).st_size == 1
+        os.ftruncate(fd, 9)
+        assert os.stat(p("f")).st_size == 9
+    finally:
+        os.close(fd)
+
+
 def test_tar_xp_keeps_links_owners_and_times(mounted, tmp_path):
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)

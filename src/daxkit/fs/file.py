@@ -211,6 +211,7 @@ class DaxFile:
         with self._fs._lock:
             self._ready(write=True)
             self._fs._fallocate(self.ino, mode, offset, length)
+            self._fs._kill_privs(self.ino)  # as a write does (file_modified)
 
     def fsync(self) -> None:
         """Metadata is committed by every operation; what is left is the timestamps of in-place

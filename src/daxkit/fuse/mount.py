@@ -23,7 +23,9 @@ Rules
     (``fs.as_user`` with the caller's uid, gid and groups), so what it creates is the caller's and
     the filesystem's own checks agree with the kernel's.  Attribute changes (chmod, chown, utimens,
     truncate) run as the server: the kernel has checked them already (setattr_prepare), and it
-    sends some that their caller could not make (clearing S_ISUID after a write, ATTR_FORCE).
+    sends some that their caller could not make (ATTR_FORCE).  Only the set-ID bits that a
+    write, truncate or fallocate clears (FUSE_HANDLE_KILLPRIV_V2 leaves that to us) follow the
+    caller's rights (see _as_writer).
     Paths reach us resolved: no handler follows a last symlink.
   * An unlinked open file stays reachable through its handle and libfuse's hidden name for it
     (see _hidden_file); inode numbers are the filesystem's (``use_ino``).  libfuse's inodes are
@@ -43,6 +45,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -583,14 +586,23 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
             # The kernel takes a short reply for end of file: the whole request or EIO (SPEC 6).
             return self._file(fh).pread_exact(size, offset)
 
+        def _as_writer(self, f):
+            """Changing the data of a set-ID file clears its set-ID bits as its caller's rights
+            say (killed_privs: root keeps them, S_ISGID stays for a member of the file's group);
+            with FUSE_HANDLE_KILLPRIV_V2 that is ours to do on write, truncate and fallocate.
+            Any other file's data changes as the server (the kernel checked the caller)."""
+            ctx = _context(mfusepy) if f.setid else None
+            if ctx is None:
+                return contextlib.nullcontext()
+            return fs.as_user(ctx[0], ctx[1], functools.partial(_groups_of, ctx[2]))
+
         @handler
         def write(self, path, data, offset, fh):
             f = self._file(fh)
-            ctx = _context(mfusepy) if f.setid else None
-            if ctx is not None:  # a write clears S_ISUID/S_ISGID unless its caller is root
-                with fs.as_user(ctx[0], ctx[1]):
-                    return f.pwrite(data, offset)
-            return f.pwrite(data, offset)
+            if not f.setid:  # the common case, on the fast path
+                return f.pwrite(data, offset)
+            with self._as_writer(f):
+                return f.pwrite(data, offset)
 
         @handler
         def truncate(self, path, length, fh=None):
@@ -598,11 +610,15 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
             if f is None or not f.writable:
                 f = self._hidden_file(path) or f
             if f is not None and (f.writable or path is None or HIDDEN_PREFIX in path):
-                f.truncate(length)
+                with self._as_writer(f):
+                    f.truncate(length)
+                if f.stat().st_nlink > 1 or f.ino in self._hidden.values():
+                    self._changed(path, f.ino)  # an ftruncate's size, through the other names too
                 return 0
             f = fs.open(path, os.O_WRONLY)
             try:
-                f.truncate(length)
+                with self._as_writer(f):
+                    f.truncate(length)
             finally:
                 f.close()
             self._changed(path)
@@ -610,7 +626,9 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
 
         @handler
         def fallocate(self, path, mode, offset, size, fh):
-            self._file(fh).fallocate(mode, offset, size)
+            f = self._file(fh)
+            with self._as_writer(f):
+                f.fallocate(mode, offset, size)
             return 0
 
         @handler
