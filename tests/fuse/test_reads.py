@@ -13,7 +13,8 @@ import sys
 import pytest
 
 import daxkit
-from daxkit.fuse.mount import _import_mfusepy, make_operations
+from daxkit.fuse.mount import _import_mfusepy
+from daxkit.fuse.ops import make_operations
 
 from .conftest import Mount, make_image, requires_fuse
 
