@@ -230,25 +230,6 @@ def test_killed_server_loses_no_fsynced_byte(tmp_path):
             assert f.pread(len(synced), 0) == synced
 
 
-def _write_as(uid: int, dirfd: int, name: str) -> None:
-    """One byte written to ``name`` under ``dirfd`` by ``uid`` (a forked child drops root)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            if uid:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-            fd = os.open(name, os.O_WRONLY, dir_fd=dirfd)
-            os.write(fd, b"x")
-            os.close(fd)
-        except BaseException:
-            code = 1
-        os._exit(code)
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to write as another user")
 def test_a_write_by_another_user_clears_set_user_id_as_on_tmpfs(mounted, tmp_path):
     """The kernel leaves this to the server once it stops asking for security.capability
@@ -264,7 +245,7 @@ def test_a_write_by_another_user_clears_set_user_id_as_on_tmpfs(mounted, tmp_pat
                     with open(os.path.join(d, name), "wb") as fh:
                         fh.write(b"data")
                     os.chmod(os.path.join(d, name), mode)
-                    _write_as(writer, dirfd, name)
+                    _change_as(writer, [], dirfd, name, "write")
                     out.append(os.stat(os.path.join(d, name)).st_mode & 0o7777)
         finally:
             os.close(dirfd)
