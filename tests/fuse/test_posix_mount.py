@@ -7,6 +7,7 @@ import socket
 import stat
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -107,3 +108,23 @@ def test_make_after_touch_rebuilds(mounted):
     os.utime(p("out"), ns=(0, os.stat(p("in")).st_mtime_ns - 10**9))
     subprocess.run(["touch", p("in")], check=True)
     assert "cp in out" in run().stdout
+
+
+def test_a_write_through_one_name_is_seen_through_the_other_at_once(mounted):
+    """libfuse gives each name its own kernel inode: a write through one name of a hard-linked
+    file invalidates the cached attributes of the others, so their size and mtime are current
+    on the very next stat (not after the attribute timeout)."""
+    a, b = os.path.join(mounted.mnt, "a"), os.path.join(mounted.mnt, "b")
+    with open(a, "wb") as f:
+        f.write(b"12345")
+    os.link(a, b)
+    assert os.stat(b).st_size == 5  # b's attributes are cached now
+    before = os.stat(b).st_mtime_ns
+    time.sleep(0.01)
+    fd = os.open(a, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"x" * 100, 4096)
+    finally:
+        os.close(fd)
+    st = os.stat(b)
+    assert st.st_size == 4196 and st.st_mtime_ns > before

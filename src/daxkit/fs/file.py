@@ -49,6 +49,12 @@ class DaxFile:
         return f"<DaxFile {self.name!r} ino={self.ino}{' closed' if self.closed else ''}>"
 
     @property
+    def nlink(self) -> int:
+        """The inode's number of names now (0: unlinked while open), without a stat."""
+        node = self._fs.meta.inodes.get(self.ino)
+        return 0 if node is None else node.nlink
+
+    @property
     def setid(self) -> bool:
         """The file is set-user-ID or set-group-ID (a write by anyone but root clears that)."""
         node = self._fs.meta.inodes.get(self.ino)

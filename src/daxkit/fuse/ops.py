@@ -267,13 +267,15 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
                 if done is not None:
                     done.set()
 
-        def _inval_links(self, ino: int, changed: str | None) -> None:
+        def _inval_links(self, ino: int, changed: str | None, *, hidden_too: bool = True) -> None:
             """The kernel holds one inode per name (libfuse's nodes are names): when an inode with
             other names changes, their cached attributes go too.  The invalidation runs on the
             worker (calling it from inside a request could wait on a page lock
             held for that very request); the request waits a moment for it, so that the caller's
             next stat of another name is fresh, but never long (a page lock could hold it)."""
             hidden = [at for n, at in list(self._hidden_at.items()) if self._hidden.get(n) == ino]
+            if not hidden_too:
+                hidden = []
             others = [p for p in fs.paths_of(ino) + hidden if p != changed]
             if not others or self._fuse_ptr is None:
                 return
@@ -576,9 +578,15 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
         def write(self, path, data, offset, fh):
             f = self._file(fh)
             if not f.setid:  # the common case, on the fast path
-                return f.pwrite(data, offset)
-            with self._as_writer(f):
-                return f.pwrite(data, offset)
+                n = f.pwrite(data, offset)
+            else:
+                with self._as_writer(f):
+                    n = f.pwrite(data, offset)
+            if f.nlink > 1:
+                # size and mtime, through the file's other names too -- never the one written
+                # through (its pages are locked for this very request), which may be a hidden one
+                self._inval_links(f.ino, f.name, hidden_too=False)
+            return n
 
         @handler
         def truncate(self, path, length, fh=None):
