@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import time
 import zlib
 from dataclasses import dataclass
@@ -51,7 +52,10 @@ from .meta import Meta
 
 P = PAGE_SIZE
 EFSCORRUPTED = errno.EUCLEAN  # what XFS and ext4 return for corrupted metadata
-_LOAD_TRIES = 200  # a torn view needs a writer that commits during our read, every time
+# A torn view needs a writer that commits during our read; beside a writer that commits without
+# pause (and a loaded machine) that can happen many times running, so a reader keeps trying, at
+# random moments, for this long before it says "try again".
+_LOAD_PATIENCE = 20.0  # seconds
 
 
 class CorruptFilesystem(DaxError):
@@ -262,7 +266,8 @@ class Loaded:
     (notes, or a copy a crash left behind)."""
 
     def __init__(self, dev: DaxOperations):
-        for _ in range(_LOAD_TRIES):
+        deadline = time.monotonic() + _LOAD_PATIENCE
+        while time.monotonic() < deadline:
             self.sb_pages = _sb_pages(dev)
             self._reads: list[tuple[int, bytes]] = []
             self._logs: list[tuple[int, bytes]] = []
@@ -272,7 +277,7 @@ class Loaded:
             except CorruptFilesystem as e:
                 error = e
             if not self._reads_stable(dev, strict=error is not None or bool(self.problems or self.notes)):
-                time.sleep(0.0002)
+                time.sleep(random.uniform(0.0001, 0.002))  # out of step with the writer's commits
                 continue  # a commit landed on bytes we used: the view never existed
             if error is not None:
                 raise error
