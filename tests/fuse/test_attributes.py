@@ -31,8 +31,8 @@ def _touch(*args):
 
 
 def _before() -> int:
-    """A time no later than a "now" the kernel stamps afterwards: with the writeback cache the
-    kernel resolves UTIME_NOW itself, from its coarse clock, as it does for a local filesystem."""
+    """A time no later than a "now" stamped afterwards, by us or by the kernel (which takes
+    UTIME_NOW from its coarse clock, as it does for a local filesystem)."""
     return time.clock_gettime_ns(getattr(time, "CLOCK_REALTIME_COARSE", 5))  # Linux numbers it 5
 
 

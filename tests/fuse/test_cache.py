@@ -211,8 +211,8 @@ def test_killed_server_loses_no_fsynced_byte(tmp_path):
     synced, unsynced = os.urandom(64 * P), os.urandom(16 * P)
     fd = os.open(m.path("f"), os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        os.write(fd, synced)  # into the kernel's writeback cache
-        os.fsync(fd)  # written back to the server and committed
+        os.write(fd, synced)
+        os.fsync(fd)  # committed
         os.write(fd, unsynced)
         os.kill(m.pid, signal.SIGKILL)
     finally:

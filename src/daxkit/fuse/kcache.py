@@ -2,7 +2,7 @@
 
 Rules
   * The kernel keeps a file's pages across opens (keep_cache), so reads of cached pages never
-    reach the server (writes do: ops.py's WRITEBACK_CACHE says why).  Every change the kernel
+    reach the server (writes do: ops.py's init_with_config says why).  Every change the kernel
     cannot see is therefore pushed to it: whenever the device's known errors change -- a scrub or
     an ``inject-error`` in another process, a line consumed by a read in this one, a clear by a
     write behind the mount -- the cached pages of exactly the file ranges whose error state

@@ -9,7 +9,7 @@ Rules
     kernel takes a short reply for end of file (and may zero-fill the rest of the page), so
     poison met mid-request must be EIO, never a short count.  Hence no direct_io.
   * The kernel caches file pages across opens (keep_cache; writes go through to us, see
-    WRITEBACK_CACHE); ``kcache.py`` keeps those pages true: when the device's known errors
+    init_with_config); ``kcache.py`` keeps those pages true: when the device's known errors
     change, in this process or another, the cached pages of exactly the affected file ranges
     are invalidated, so the next reader asks us and gets EIO, and an mmap load of the page gets
     SIGBUS.  The kernel decides about the cache only on
@@ -58,12 +58,6 @@ RENAME_NOREPLACE = 1  # renameat2(2)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # utimensat(2)'s tv_nsec markers
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_WRITEBACK_CACHE = 1 << 12, 1 << 16  # fuse_common.h
-# The kernel's writeback cache is off: with it the kernel trusts its own i_size of a regular
-# file, and libfuse's high-level API gives each name of a hard-linked file its own kernel inode,
-# so a size changed through one name is never seen through another (the tmpfs differential
-# test catches it).  It made 4 KiB random writes ~10x faster; an inode-based (low-level)
-# server could have both.
-WRITEBACK_CACHE = False
 SETTLE_TIMEOUT = 0.5  # s a direct read that failed waits for the cache to be told
 ENODATA_NAMES = (b"security.", b"system.", b"trusted.")  # asked on every write (file_remove_privs)
 STATVFS_KEYS = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
@@ -174,7 +168,7 @@ def _fuse_class(mfusepy):
             )
 
         def utimens_fuse_3(self, path, buf, fip):
-            # the writeback cache's own mtime/ctime flush names the open file, not a path
+            # a request on an open handle names the file, not a path (libfuse's nullpath_ok)
             return self.utimens_fuse_2(path, buf, fip.contents.fh if fip else None)
 
         def truncate_fuse_3(self, path, length, fip):
@@ -293,14 +287,15 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
                 mfusepy._libfuse.fuse_exit(self._fuse_ptr)
 
         def init_with_config(self, conn, config):
-            """Caches on: pages kept across opens, writes cached, explicit invalidation only."""
+            """Pages kept across opens, explicit invalidation only; no writeback cache (under it the
+            kernel trusts its own i_size of a file, and libfuse gives each name of a hard-linked
+            file its own kernel inode, so a size changed through one name would never be seen
+            through another; an inode-based server could have it)."""
             if config is not None:
                 config.kernel_cache = 0  # keep_cache is set per open (_fuse_class)
                 config.auto_cache = 0
             if conn is not None:
-                if WRITEBACK_CACHE and conn.capable & FUSE_CAP_WRITEBACK_CACHE:
-                    conn.want |= FUSE_CAP_WRITEBACK_CACHE
-                conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA
+                conn.want &= ~(FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_WRITEBACK_CACHE)
             self.init("/")
 
         def init(self, path):
@@ -377,7 +372,7 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
         @handler
         def utimens(self, path, times=None, fh=None):
             f = self._files.get(fh) if path is None and fh is not None else self._hidden_file(path)
-            if f is not None:  # on an open handle (the writeback cache's own flush of times), or
+            if f is not None:  # on an open handle (no path: nullpath_ok), or
                 # on libfuse's hidden name of an unlinked open file: the inode itself
                 f.utime(None if times is None else (int(times[0]), int(times[1])))
                 return 0
@@ -553,10 +548,6 @@ def make_operations(fs, mfusepy, mountpoint: str | None = None):
             kc = self._kcache
             own = kc is not None and kc.is_own(mfusepy._libfuse.fuse_get_context().contents.pid)
             f = fs.open(path, flags & (O_ACCMODE | os.O_TRUNC) | (os.O_NOATIME if own else 0))
-            if WRITEBACK_CACHE and flags & O_ACCMODE == os.O_WRONLY:
-                # the writeback cache completes a partly written page by reading it through the
-                # writer's own handle (the kernel checked the writer's permission to write)
-                f.readable = True
             return self._add(f, path)
 
         @handler
