@@ -490,10 +490,25 @@ class Operations:
         kc = self.kcache
         own = kc is not None and kc.is_own(ctx[4])
         path = self._path(ctx[1])
-        how = flags & (O_ACCMODE | os.O_TRUNC) | (os.O_NOATIME if own else 0)
-        with self._as_caller(ctx) if flags & os.O_TRUNC else contextlib.nullcontext():
-            f = self.fs.open(path, how)
+        noatime = os.O_NOATIME if own else 0
+        if flags & os.O_TRUNC:
+            with self._as_caller(ctx):
+                self.fs.open(path, flags & O_ACCMODE | os.O_TRUNC | noatime).close()
+        f = self._open_for_cache(path, flags & O_ACCMODE, noatime)
         return (proto.open_out(self._add(f, flags, ctx, path), proto.FOPEN_KEEP_CACHE),)
+
+    def _open_for_cache(self, path: str, acc: int, noatime: int):
+        """The DaxFile behind a handle: a write-only handle is opened for reading too, because
+        under the writeback cache the kernel reads a page through it before writing part of it
+        (the kernel has checked the caller's access already).  Where the server itself may not
+        read the file, the handle stays write-only."""
+        if acc == os.O_WRONLY:
+            try:
+                return self.fs.open(path, os.O_RDWR | noatime)
+            except OSError as e:
+                if e.errno != errno.EACCES:
+                    raise
+        return self.fs.open(path, acc | noatime)
 
     def create(self, ctx, body):
         flags, mode, _, _ = proto.CREATE_IN.unpack_from(body)
