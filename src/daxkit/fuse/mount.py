@@ -121,10 +121,18 @@ def serve(image: str, mountpoint: str, on_ready=None, on_error=None, *, private:
         dev.close()
         raise
     try:
-        chan = Channel.mount(mountpoint, _mount_options(private))
+        options = _mount_options(private)
+        chan = Channel.mount(mountpoint, options)
         notify = lambda node, off, n: chan.notify(proto.notice_inval_inode(node, off, n))  # noqa: E731
         kc = KernelCache(fs, mountpoint, notify)
-        ops = Operations(fs, kc, chan.send, on_ready)
+        source = next(o.partition("=")[2] for o in options if o.startswith("fsname="))
+
+        def ready():
+            chan.allow_dirty(source)
+            if on_ready is not None:
+                on_ready()
+
+        ops = Operations(fs, kc, chan.send, ready)
         unmounted = []
 
         def handle(req):

@@ -500,11 +500,12 @@ class Operations:
     def _open_for_cache(self, path: str, acc: int, noatime: int):
         """The DaxFile behind a handle: a write-only handle is opened for reading too, because
         under the writeback cache the kernel reads a page through it before writing part of it
-        (the kernel has checked the caller's access already).  Where the server itself may not
-        read the file, the handle stays write-only."""
+        (the kernel has checked the caller's access already); those reads are ours, not a
+        reader's, so atime stays.  Where the server itself may not read the file, the handle
+        stays write-only."""
         if acc == os.O_WRONLY:
             try:
-                return self.fs.open(path, os.O_RDWR | noatime)
+                return self.fs.open(path, os.O_RDWR | os.O_NOATIME)
             except OSError as e:
                 if e.errno != errno.EACCES:
                     raise
