@@ -15,10 +15,6 @@ def fuse_missing() -> str | None:
         return "/dev/fuse is not usable here"
     if shutil.which("fusermount3") is None:
         return "fusermount3 (Debian fuse3) is not installed"
-    try:
-        import mfusepy  # noqa: F401
-    except (ImportError, OSError) as e:
-        return f"libfuse3 cannot be loaded: {e}"
     return None
 
 

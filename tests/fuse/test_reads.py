@@ -13,10 +13,11 @@ import sys
 import pytest
 
 import daxkit
-from daxkit.fuse.mount import _import_mfusepy
-from daxkit.fuse.ops import make_operations
+from daxkit.fuse import proto
+from daxkit.fuse.ops import Operations
 
 from .conftest import Mount, make_image, requires_fuse
+from .wire import call, rw
 
 pytestmark = requires_fuse
 P = 4096
@@ -92,16 +93,17 @@ def test_read_handler_never_returns_a_short_count_before_eof(tmp_path):
     """The handler itself, without the kernel's timing: a full request or EIO."""
     image = make_image(tmp_path)
     files = _poisoned_files(image, ["f"])
-    mfusepy = _import_mfusepy()
     with daxkit.open(image) as dev, daxkit.mount(dev, readonly=True) as fs:
-        ops = make_operations(fs, mfusepy)
-        try:
-            fh = ops.open("/f", os.O_RDONLY)
-            assert ops.read("/f", BAD_PAGE * P, 0, fh) == files["f"][: BAD_PAGE * P]
-            with pytest.raises(OSError) as ei:
-                ops.read("/f", SIZE, 0, fh)
-            assert ei.value.errno == errno.EIO
-            assert ops.read("/f", SIZE, (BAD_PAGE + 1) * P, fh) == files["f"][(BAD_PAGE + 1) * P :]  # EOF
-            ops.release("/f", fh)
-        finally:
-            ops.destroy("/")
+        ops = Operations(fs)
+        err, out = call(ops, proto.LOOKUP, 1, b"f\0")
+        node = proto.ENTRY_OUT.unpack_from(out)[0]
+        err, out = call(ops, proto.OPEN, node, proto.OPEN_IN.pack(os.O_RDONLY, 0))
+        assert err == 0
+        fh = proto.OPEN_OUT.unpack(out)[0]
+        assert call(ops, proto.READ, node, rw(fh, 0, BAD_PAGE * P)) == (0, files["f"][: BAD_PAGE * P])
+        assert call(ops, proto.READ, node, rw(fh, 0, SIZE))[0] == errno.EIO
+        assert call(ops, proto.READ, node, rw(fh, (BAD_PAGE + 1) * P, SIZE)) == (
+            0,
+            files["f"][(BAD_PAGE + 1) * P :],
+        )
+        assert call(ops, proto.RELEASE, node, proto.RELEASE_IN.pack(fh, 0, 0, 0)) == (0, b"")

@@ -92,6 +92,16 @@ class Namespace:
         """stat of the entry itself: a symbolic link is not followed."""
         return self.stat(path, follow_symlinks=False)
 
+    def stat_ino(self, ino: int) -> os.stat_result:
+        """stat of inode ``ino``, named or an open orphan (the FUSE server knows inodes by number;
+        numbers are never reused); ENOENT once it is gone."""
+        with self._lock:
+            self._check()
+            node = self.meta.inodes.get(ino)
+            if node is None:
+                raise fs_error(errno.ENOENT, f"inode {ino}: no such file or directory")
+            return self._stat(node)
+
     def paths_of(self, ino: int) -> list[str]:
         """Every path of inode ``ino`` (a hard-linked file has several), sorted; [] if none."""
         with self._lock:

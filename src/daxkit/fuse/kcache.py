@@ -14,7 +14,7 @@ Rules
   * Other processes are noticed by one load of the device's shared generation word per tick
     (POLL_INTERVAL); the filesystem's failure listener reports consumption here at once.
   * The server never waits on its own mount (pinner.py says why): what must go through the
-    mount -- pins, and the lookup of a node id -- is done by the helper process.
+    mount -- pins -- is done by the helper process.
   * Pins: fio, and tools like it, drop a file's cached pages with POSIX_FADV_DONTNEED before
     every pass (tmpfs ignores the advice).  While a user has a file open, the helper keeps a
     read-only shared mapping of it with its pages faulted in, which DONTNEED never evicts (the
@@ -23,18 +23,17 @@ Rules
     after the last close is not refused for it.
 
 Theory of operation
-  The high-level libfuse keeps its node ids to itself; the kernel hands them out as the file
-  handle of a path (name_to_handle_at), and ``fuse_lowlevel_notify_inval_inode`` takes one with
-  a byte range.  When a node id cannot be had, ``fuse_invalidate_path`` drops the whole file's
-  pages instead: more than needed, never less.  The watcher keeps the set of (file, range)
-  pairs of the last ``fs.scan()``; a change of the generation word makes it scan again and
-  invalidate the symmetric difference: ranges newly bad (the next read must fail) and ranges
-  newly clean (the next read must see the bytes that cleared them).
+  A node id is the inode number (ops.py), so a file range is invalidated by its inode alone,
+  with FUSE_NOTIFY_INVAL_INODE over the pages that cover it; a dirty page in that range is
+  written back first (the kernel launders it), which is why the loop must stay free to answer.
+  The watcher keeps the set of (file, range) pairs of the last ``fs.scan()``; a change of the
+  generation word makes it scan again and invalidate the symmetric difference: ranges newly bad
+  (the next read must fail) and ranges newly clean (the next read must see the bytes that
+  cleared them).
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import logging
@@ -49,7 +48,7 @@ log = logging.getLogger(__name__)
 P = 4096
 POLL_INTERVAL = 0.001  # s between two loads of the generation word
 HELPER_TIMEOUT = 2.0  # s to wait for the helper's answer before doing without it
-ENOENT = 2
+ENOENT, ENOTCONN = 2, 107
 
 
 class _Helper:
@@ -112,32 +111,24 @@ class _Helper:
 class KernelCache:
     """Keeps the kernel's cached pages of one mount true, and pins open files' pages."""
 
-    def __init__(self, fs, libfuse, mountpoint: str, *, pins: bool = True):
+    def __init__(self, fs, mountpoint: str, notify, *, pins: bool = True):
+        """``notify(node, offset, length)`` sends FUSE_NOTIFY_INVAL_INODE; 0 or an errno."""
         self._fs = fs
-        self._lib = libfuse
+        self._notify = notify
         self._mnt = os.path.abspath(mountpoint)
         self._pins_on = pins
-        self._fuse = None
-        self._se = None
+        self._live = False
         self._helper: _Helper | None = None
-        self._events: queue.Queue = queue.Queue()  # (path, file offset, length) | None
+        self._events: queue.Queue = queue.Queue()  # (ino, file offset, length) | Event | None
         self._stop = threading.Event()
         self._seen: set[tuple] = set()
         self._gen = None
-        libfuse.fuse_get_session.argtypes = [ctypes.c_void_p]
-        libfuse.fuse_get_session.restype = ctypes.c_void_p
-        libfuse.fuse_lowlevel_notify_inval_inode.argtypes = [ctypes.c_void_p, ctypes.c_uint64,
-                                                             ctypes.c_int64, ctypes.c_int64]  # fmt: skip
-        libfuse.fuse_lowlevel_notify_inval_inode.restype = ctypes.c_int
-        libfuse.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        libfuse.fuse_invalidate_path.restype = ctypes.c_int
         fs.add_failure_listener(self._on_failure)
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self, fuse_ptr) -> None:
-        """Called from ``init``: the mount is live and its session known."""
-        self._fuse = fuse_ptr
-        self._se = self._lib.fuse_get_session(fuse_ptr)
+    def start(self) -> None:
+        """Called once INIT is answered: the mount is live."""
+        self._live = True
         self._gen, self._seen = self._scan()
         try:
             self._helper = _Helper(self._mnt)
@@ -158,8 +149,8 @@ class KernelCache:
 
     # -- invalidation -------------------------------------------------------------------------
     def _on_failure(self, ino, path, file_offset, length) -> None:
-        if path:
-            self._events.put((path, file_offset, length))
+        if ino:
+            self._events.put((ino, file_offset, length))
 
     def _scan(self) -> tuple[int | None, set[tuple]]:
         """The generation word, then the file ranges with known errors (a change after the load
@@ -182,7 +173,7 @@ class KernelCache:
         """Wait, at most ``timeout``, until every change made so far has reached the kernel.
         A handler may wait here only when its own request holds no page (a direct read): the
         kernel may need the loop to let go of a page before it drops it."""
-        if self._se is not None and not self._stop.is_set():
+        if self._live and not self._stop.is_set():
             done = threading.Event()
             self._events.put(done)
             done.wait(timeout)
@@ -203,26 +194,21 @@ class KernelCache:
                 return  # the device is closed
             if gen != self._gen:
                 self._gen, now = self._scan()
-                for _, path, off, n in sorted(now ^ self._seen):
-                    self.invalidate(path, off, n)
+                for ino, _, off, n in sorted(now ^ self._seen):
+                    self.invalidate(ino, off, n)
                 self._seen = now
             if isinstance(ev, threading.Event):
                 ev.set()
 
-    def invalidate(self, path: str, offset: int, length: int) -> None:
-        """Drop the kernel's cached pages of ``path`` covering [offset, offset+length).  Never
-        from the loop thread."""
-        if self._se is None or self._stop.is_set():
+    def invalidate(self, ino: int, offset: int, length: int) -> None:
+        """Drop the kernel's cached pages of inode ``ino`` covering [offset, offset+length).
+        Never from the loop thread."""
+        if not self._live or self._stop.is_set():
             return
         start, end = offset // P * P, -(-(offset + length) // P) * P
-        got = self._helper.ask({"op": "nodeid", "path": path}) if self._helper is not None else None
-        nodeid = got.get("nodeid") if got else None
-        if nodeid:
-            rc = self._lib.fuse_lowlevel_notify_inval_inode(self._se, nodeid, start, end - start)
-        else:
-            rc = self._lib.fuse_invalidate_path(self._fuse, path.encode("utf-8", "surrogateescape"))
-        if rc not in (0, -ENOENT):  # ENOENT: the kernel holds nothing of it
-            log.debug("invalidate %s [%d, %d): %d", path, start, end, rc)
+        rc = self._notify(ino, start, end - start)
+        if rc not in (0, ENOENT, ENOTCONN):  # ENOENT: the kernel holds nothing of it
+            log.debug("invalidate inode %d [%d, %d): %d", ino, start, end, rc)
 
     # -- pins -----------------------------------------------------------------------------------
     def opened(self, ino: int, path: str) -> None:

@@ -1,19 +1,22 @@
 """The FUSE mount (SPEC 6): a daxfs served to every program on the machine.
 
-Binding: mfusepy (ctypes over libfuse3's high-level API).  pyfuse3 3.5 has no fallocate
-handler, and punch-hole through the mount is part of the contract; mfusepy has it.  What each
-request does, and the rules it keeps, is ``ops.py``; this file starts, serves and stops a mount.
+Binding: none.  The server speaks the kernel's protocol on /dev/fuse itself (``proto.py``,
+``channel.py``), inode-based as libfuse's low-level API is, because the kernel's writeback
+cache needs one kernel inode per file (``ops.py`` says why) and libfuse's high-level API gives
+one per name.  What each request does, and the rules it keeps, is ``ops.py``; this file starts,
+serves and stops a mount.
 
 Theory of operation
-  ``serve`` runs libfuse's loop (``session.py``) on a worker thread while the main thread holds
-  SIGINT, SIGTERM and SIGHUP: a signal ends the loop the way ``fuse_exit`` does (libfuse then
-  detaches the mount), and ``serve`` returns the signal's number after closing the filesystem
-  and device.  ``mount_background`` forks a server and waits for its ``init``.  ``unmount``
-  (``umount.py``) unmounts only daxkit mounts, and a busy one only when asked to detach lazily.
+  ``serve`` mounts through fusermount3 and runs the request loop on a worker thread while the
+  main thread holds SIGINT, SIGTERM and SIGHUP: a signal stops the loop, the mount is detached
+  (as libfuse does), and ``serve`` returns the signal's number after closing the filesystem and
+  device.  ``mount_background`` forks a server and waits for the kernel's INIT to be answered.
+  ``unmount`` (``umount.py``) unmounts only daxkit mounts, and a busy one only when asked to
+  detach lazily.
 """
+
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -22,27 +25,13 @@ import stat as _stat
 import threading
 
 from ..errors import DaxError
-from .ops import (
-    STOP_SIGNALS,
-    _errno_of,
-    _fuse_class,
-    make_operations,
-)
-from .session import Session
+from . import proto
+from .channel import Channel
+from .kcache import KernelCache
+from .ops import STOP_SIGNALS, Operations, _errno_of
 from .umount import FSTYPE, unmount  # noqa: F401 -- callers find unmount beside mount_background
 
 log = logging.getLogger(__name__)
-
-
-def _import_mfusepy():
-    try:
-        import mfusepy
-    except (ImportError, OSError) as e:
-        raise DaxError(
-            f"FUSE is not available: {e} (install the Debian package fuse3)", errno=errno.ENOSYS
-        ) from None
-    logging.getLogger("mfusepy").setLevel(logging.CRITICAL)
-    return mfusepy
 
 
 # -- serving -------------------------------------------------------------------------------------
@@ -69,21 +58,19 @@ def _allow_other_permitted() -> bool:
         return False
 
 
-def _mount_options(private: bool) -> dict:
-    options = {"default_permissions": True, "use_ino": True}
+def _mount_options(private: bool) -> list[str]:
+    # the source names the server: unmount waits for this pid to let go of the image
+    options = [f"fsname=daxkit:{os.getpid()}", f"subtype={FSTYPE.decode().partition('.')[2]}",
+               "default_permissions"]  # fmt: skip
     if not private and _allow_other_permitted():
-        options["allow_other"] = True
+        options.append("allow_other")
     return options
 
 
-def _run_until_signal(ops, run) -> int | None:
-    """Run the FUSE loop ``run()`` on a worker thread while this thread takes STOP_SIGNALS.
-
-    A signal is recorded by a Python handler, which keeps libfuse's own handlers out (it installs
-    them only over SIG_DFL, and they end the loop without saying which signal).  Once the mount is
-    up, the loop is ended with fuse_exit, and the worker's blocking read of /dev/fuse is
-    interrupted by sending it the signal, again until the loop has ended (a signal that lands just
-    before the read would be missed).  Returns the signal's number, or None when unmounted."""
+def _run_until_signal(chan: Channel, run) -> int | None:
+    """Run the request loop ``run()`` on a worker thread while this thread takes STOP_SIGNALS; a
+    signal stops the loop (``Channel.stop``).  Returns the signal's number, or None when
+    unmounted."""
     if threading.current_thread() is not threading.main_thread():
         run()  # only the main thread can take signals; the caller owns them
         return None
@@ -93,6 +80,7 @@ def _run_until_signal(ops, run) -> int | None:
     def note(signum, frame):
         if not got:
             got.append(signum)
+        chan.stop()
 
     def loop():
         try:
@@ -107,23 +95,14 @@ def _run_until_signal(ops, run) -> int | None:
         worker.start()
         while worker.is_alive():
             worker.join(0.05)
-            if got and ops._fuse_ptr is not None and worker.is_alive():
-                ops._exit_loop()
-                signal.pthread_kill(worker.ident, got[0])
     finally:
         if worker.is_alive():  # this thread failed: end the loop before the filesystem goes
-            ops._exit_loop()
-            for _ in range(100):
-                if old:  # only a signal with ``note`` installed is safe to send
-                    signal.pthread_kill(worker.ident, next(iter(old)))
-                worker.join(0.05)
-                if not worker.is_alive():
-                    break
-        ctypes.pythonapi.PyErr_CheckSignals()  # a wake-up still pending runs ``note``, not the old handler
+            chan.stop()
+            worker.join()
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    if failed and not (got and isinstance(failed[0], RuntimeError)):
-        raise failed[0]  # fuse_main's status after a signal is no failure
+    if failed:
+        raise failed[0]
     return got[0] if got else None
 
 
@@ -134,9 +113,7 @@ def serve(image: str, mountpoint: str, on_ready=None, on_error=None, *, private:
     mount to this user; otherwise every user may use it, with the kernel checking permissions."""
     import daxkit
 
-    mfusepy = _import_mfusepy()
     _check_mountpoint(mountpoint)
-    options = _mount_options(private)
     dev = daxkit.open(image)
     try:
         fs = daxkit.mount(dev)
@@ -144,27 +121,38 @@ def serve(image: str, mountpoint: str, on_ready=None, on_error=None, *, private:
         dev.close()
         raise
     try:
-        ops = make_operations(fs, mfusepy, mountpoint)
-        ops._on_ready_cb = on_ready
-        fuse = _fuse_class(mfusepy)
-        ops._session = session = Session(mfusepy._libfuse)
+        options = _mount_options(private)
+        chan = Channel.mount(mountpoint, options)
+        notify = lambda node, off, n: chan.notify(proto.notice_inval_inode(node, off, n))  # noqa: E731
+        kc = KernelCache(fs, mountpoint, notify)
+        source = next(o.partition("=")[2] for o in options if o.startswith("fsname="))
+
+        def ready():
+            chan.allow_dirty(source)
+            if on_ready is not None:
+                on_ready()
+
+        ops = Operations(fs, kc, chan.send, ready)
+        unmounted = []
+
+        def handle(req):
+            out = ops.dispatch(req)
+            if out is not None:
+                chan.send(out)
+            if ops.destroyed:
+                chan.stop()
 
         def run():
-            fsname = f"daxkit:{os.getpid()}"  # unmount waits for this pid to let go of the image
-            real = mfusepy.fuse_main_real
-            mfusepy.fuse_main_real = lambda argc, argv, ops_p, size, _: session.main(argv[:argc], ops_p, size)
             try:
-                fuse(ops, mountpoint, foreground=True, nothreads=True, fsname=fsname, subtype="daxfs",
-                     **options)  # fmt: skip
+                unmounted.append(chan.serve(handle))
             finally:
-                mfusepy.fuse_main_real = real
+                kc.stop()
 
         try:
-            return _run_until_signal(ops, run)
-        except RuntimeError as e:  # fuse_main's status; libfuse has said why on stderr
-            raise DaxError(
-                f"libfuse could not serve the mount (status {e})", errno=errno.EIO, path=mountpoint
-            ) from None
+            return _run_until_signal(chan, run)
+        finally:
+            chan.close(detach=not unmounted or not unmounted[0])
+            ops.close_all()
     finally:
         fs.unmount()
         dev.close()

@@ -14,7 +14,6 @@ Rules
 Protocol (JSON lines; stdin commands, stdout answers)
   {"op": "pin", "ino": I, "path": P}        map P read-only shared, fault its pages in, keep it
   {"op": "unpin", "ino": I, "seq": S}       -> {"seq": S}: let go now (or after the current step)
-  {"op": "nodeid", "path": P, "seq": S}     -> {"seq": S, "nodeid": N or null}
 """
 
 from __future__ import annotations
@@ -24,14 +23,13 @@ import json
 import os
 import queue
 import signal
-import struct
 import sys
 import threading
 
 P = 4096
 PIN_MAX = 256 << 20  # bytes of one file kept mapped (its first ones)
 PIN_CHUNK = 4 << 20  # bytes faulted in per step: an unpin waits for at most one step
-AT_FDCWD, MADV_POPULATE_READ, PROT_READ, MAP_SHARED, PR_SET_PDEATHSIG = -100, 22, 1, 1, 1
+MADV_POPULATE_READ, PROT_READ, MAP_SHARED, PR_SET_PDEATHSIG = 22, 1, 1, 1
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -40,23 +38,6 @@ libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_i
 libc.mmap.restype = ctypes.c_void_p
 libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-libc.name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
-                                   ctypes.POINTER(ctypes.c_int), ctypes.c_int]  # fmt: skip
-
-
-def fuse_nodeid(path: str) -> int | None:
-    """The FUSE node id of ``path``: the kernel's file handle of a FUSE inode is its node id and
-    generation (fuse_encode_fh, handle type FILEID_INO64_GEN)."""
-    buf = ctypes.create_string_buffer(8 + 64)
-    struct.pack_into("Ii", buf, 0, 64, 0)
-    mount_id = ctypes.c_int()
-    if libc.name_to_handle_at(AT_FDCWD, os.fsencode(path), buf, ctypes.byref(mount_id), 0) != 0:
-        return None
-    nbytes, kind = struct.unpack_from("Ii", buf, 0)
-    if kind not in (0x81, 0x82) or nbytes < 12:
-        return None
-    hi, lo = struct.unpack_from("II", buf, 8)
-    return hi << 32 | lo
 
 
 class Pin:
@@ -73,7 +54,6 @@ class Pinner:
         self.lock = threading.Lock()
         self.out_lock = threading.Lock()
         self.pin_jobs: queue.Queue = queue.Queue()
-        self.lookups: queue.Queue = queue.Queue()
 
     def answer(self, msg: dict) -> None:
         line = json.dumps(msg) + "\n"
@@ -85,8 +65,7 @@ class Pinner:
         return os.path.join(self.mnt, p.lstrip("/"))
 
     def run(self) -> None:
-        for target in (self.pin_loop, self.lookup_loop):
-            threading.Thread(target=target, daemon=True).start()
+        threading.Thread(target=self.pin_loop, daemon=True).start()
         for line in sys.stdin:
             msg = json.loads(line)
             op = msg["op"]
@@ -99,8 +78,6 @@ class Pinner:
             elif op == "unpin":
                 self.unpin(msg["ino"])
                 self.answer({"seq": msg["seq"]})
-            elif op == "nodeid":
-                self.lookups.put(msg)
 
     def unpin(self, ino: int) -> None:
         with self.lock:
@@ -148,11 +125,6 @@ class Pinner:
             if pin.cancel:
                 return
             libc.madvise(addr + off, min(PIN_CHUNK, size - off), MADV_POPULATE_READ)  # EIO: skip
-
-    def lookup_loop(self) -> None:
-        while True:
-            msg = self.lookups.get()
-            self.answer({"seq": msg["seq"], "nodeid": fuse_nodeid(self.path(msg["path"]))})
 
 
 def main() -> None:
