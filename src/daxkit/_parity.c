@@ -32,6 +32,9 @@
 #include <isa-l/crc.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define PAGE 4096
 #define MAX_GROUP 4096
@@ -53,6 +56,7 @@ static uint32_t crc32c(const unsigned char *p, size_t n)
 
 struct scratch {
     unsigned char old[PAGE] __attribute__((aligned(64)));
+    unsigned char pad[256]; /* old and par not 4 KiB apart: no false store-to-load aliasing */
     unsigned char par[PAGE] __attribute__((aligned(64)));
     uint32_t want[MAX_GROUP];
     uint32_t crcs[MAX_GROUP];
@@ -70,7 +74,7 @@ static struct scratch *scratch(void)
 }
 
 /* dst ^= src over one page (unaligned loads; the compiler vectorises the loop). */
-static void xor_into(unsigned char *restrict dst, const unsigned char *restrict src)
+static void xor_into_generic(unsigned char *restrict dst, const unsigned char *restrict src)
 {
     for (size_t i = 0; i < PAGE; i += 8) {
         uint64_t a, b;
@@ -81,67 +85,168 @@ static void xor_into(unsigned char *restrict dst, const unsigned char *restrict 
     }
 }
 
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static void xor_into_avx2(unsigned char *restrict dst, const unsigned char *restrict src)
+{
+    for (size_t i = 0; i < PAGE; i += 64) {
+        __m256i *x = (__m256i *)(dst + i);
+        _mm256_store_si256(x, _mm256_xor_si256(_mm256_load_si256(x), _mm256_loadu_si256((const __m256i *)(src + i))));
+        _mm256_store_si256(x + 1, _mm256_xor_si256(_mm256_load_si256(x + 1),
+                                                   _mm256_loadu_si256((const __m256i *)(src + i + 32))));
+    }
+}
+#endif
+
+/* One new page onto the medium in one pass: acc ^= src, dst = src.  stream: non-temporal
+ * stores (the pmem driver's memcpy_flushcache), for a page that is not in cache -- a store that
+ * misses would first read the line it replaces; a page just read (read-modify-write) is in
+ * cache and takes plain stores. */
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static void put_page_avx2(unsigned char *restrict dst, const unsigned char *restrict src,
+                                                          unsigned char *restrict acc, int stream)
+{
+    for (size_t i = 0; i < PAGE; i += 64) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(src + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(src + i + 32));
+        __m256i *x = (__m256i *)(acc + i);
+        _mm256_store_si256(x, _mm256_xor_si256(_mm256_load_si256(x), a));
+        _mm256_store_si256(x + 1, _mm256_xor_si256(_mm256_load_si256(x + 1), b));
+        if (stream) {
+            _mm256_stream_si256((__m256i *)(dst + i), a);
+            _mm256_stream_si256((__m256i *)(dst + i + 32), b);
+        } else {
+            _mm256_storeu_si256((__m256i *)(dst + i), a);
+            _mm256_storeu_si256((__m256i *)(dst + i + 32), b);
+        }
+    }
+}
+
+static void put_page_sse2(unsigned char *restrict dst, const unsigned char *restrict src, unsigned char *restrict acc,
+                          int stream)
+{
+    for (size_t i = 0; i < PAGE; i += 32) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
+        __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 16));
+        __m128i *x = (__m128i *)(acc + i);
+        _mm_store_si128(x, _mm_xor_si128(_mm_load_si128(x), a));
+        _mm_store_si128(x + 1, _mm_xor_si128(_mm_load_si128(x + 1), b));
+        if (stream) {
+            _mm_stream_si128((__m128i *)(dst + i), a);
+            _mm_stream_si128((__m128i *)(dst + i + 16), b);
+        } else {
+            _mm_storeu_si128((__m128i *)(dst + i), a);
+            _mm_storeu_si128((__m128i *)(dst + i + 16), b);
+        }
+    }
+}
+
+static int have_avx2;
+
+/* dst (64-byte aligned: the scratch pages) ^= src over one page. */
+static void xor_into(unsigned char *restrict dst, const unsigned char *restrict src)
+{
+    if (have_avx2)
+        xor_into_avx2(dst, src);
+    else
+        xor_into_generic(dst, src);
+}
+
+static void put_page(unsigned char *dst, const unsigned char *src, unsigned char *acc, int stream)
+{
+    if (have_avx2)
+        put_page_avx2(dst, src, acc, stream);
+    else
+        put_page_sse2(dst, src, acc, stream);
+}
+
+#define STORE_FENCE() _mm_sfence()
+#define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+#else
+#define xor_into xor_into_generic
+
+static void put_page(unsigned char *dst, const unsigned char *src, unsigned char *acc, int stream)
+{
+    xor_into(acc, src);
+    memcpy(dst, src, PAGE);
+}
+
+#define STORE_FENCE() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define PREFETCH(p) __builtin_prefetch((p))
+#endif
+
 static int in_view(Py_ssize_t off, Py_ssize_t n, Py_ssize_t len)
 {
     return off >= 0 && n >= 0 && off <= len - n;
 }
 
+/* A page of the medium into t->old (machine-check-safe), checked against its CRC and XORed
+ * into t->par. */
+static int load_kept(struct scratch *t, const unsigned char *page, uint32_t want)
+{
+    if (mc_copy((char *)t->old, (const char *)page, PAGE))
+        return FAULT;
+    if (crc32c(t->old, PAGE) != want)
+        return MISMATCH;
+    xor_into(t->par, t->old);
+    return 0;
+}
+
 /* The update itself, on checked arguments; no Python object is touched (runs without the GIL).
  * The group's gk data pages start at gpos; src replaces its pages [first, first + k).  Parity
  * comes either from the old pages being replaced (read-modify-write: k pages and the parity page
- * read) or from the pages left as they are (reconstruct-write: gk - k pages read), whichever
- * reads less, as md's raid5 chooses; every page read into parity is checked against its CRC. */
+ * read) or from the pages left as they are (reconstruct-write: gk - k pages read, none when the
+ * whole group is new), whichever reads less, as md's raid5 chooses; every page read into parity
+ * is checked against its CRC. */
 static int update(struct scratch *t, unsigned char *w, Py_ssize_t gpos, Py_ssize_t gk, Py_ssize_t first,
                   Py_ssize_t ppos, Py_ssize_t cpos, Py_ssize_t slot, uint64_t word, const unsigned char *src,
                   Py_ssize_t k)
 {
-    int rmw = k < gk - k;
-    Py_ssize_t pos = gpos + first * PAGE;
+    int rmw = k < gk - k, rc;
+    Py_ssize_t pos = gpos + first * PAGE, end = first + k;
+    /* the CRC entries read: those of the pages read into parity, and those stored over */
+    Py_ssize_t lo = rmw ? first : 0, hi = rmw ? end : gk;
+    unsigned char probe[8];
 
     /* Loads: every page stored to below is read first (or probed), so none of them can fault
      * later (an emulated page with latent poison faults on stores as on loads). */
-    if (mc_copy((char *)t->want, (const char *)w + cpos, 4 * gk) || mc_copy((char *)t->old, (const char *)w + slot, 8))
+    if (mc_copy((char *)(t->want + lo), (const char *)w + cpos + 4 * lo, 4 * (size_t)(hi - lo))
+        || mc_copy((char *)probe, (const char *)w + slot, 8))
         return FAULT;
     if (rmw) {
         if (mc_copy((char *)t->par, (const char *)w + ppos, PAGE))
             return FAULT;
-        for (Py_ssize_t i = first; i < first + k; i++) {
-            if (mc_copy((char *)t->old, (const char *)w + gpos + i * PAGE, PAGE))
-                return FAULT;
-            if (crc32c(t->old, PAGE) != t->want[i])
-                return MISMATCH;
-            xor_into(t->par, t->old);
-        }
+        for (Py_ssize_t i = first; i < end; i++)
+            if ((rc = load_kept(t, w + gpos + i * PAGE, t->want[i])))
+                return rc;
     } else {
-        if (mc_copy((char *)t->old, (const char *)w + ppos, 1))
+        if (mc_copy((char *)probe, (const char *)w + ppos, 1))
             return FAULT;
+        for (Py_ssize_t i = first; i < end; i++)
+            if (mc_copy((char *)probe, (const char *)w + gpos + i * PAGE, 1))
+                return FAULT;
         memset(t->par, 0, PAGE);
         for (Py_ssize_t i = 0; i < gk; i++) {
-            if (i >= first && i < first + k) {
-                if (mc_copy((char *)t->old, (const char *)w + gpos + i * PAGE, 1))
-                    return FAULT;
-                continue;
-            }
-            if (mc_copy((char *)t->old, (const char *)w + gpos + i * PAGE, PAGE))
-                return FAULT;
-            if (crc32c(t->old, PAGE) != t->want[i])
-                return MISMATCH;
-            xor_into(t->par, t->old);
+            if (i == first)
+                i = end;
+            if (i < gk && (rc = load_kept(t, w + gpos + i * PAGE, t->want[i])))
+                return rc;
         }
     }
 
     /* Stores, in the careful path's order: the in-flight word, the data (each page's CRC and
-     * its share of parity taken on the way, while the page is in cache), parity, CRCs, the
-     * word cleared. */
+     * its share of parity taken in the same pass, while the source page is in cache), parity,
+     * CRCs, the word cleared.  Pages not read above are cold: streamed, then fenced so that
+     * they are ordered before the parity page. */
     uint64_t zero = 0;
     memcpy(w + slot, &word, 8);
     BARRIER();
     for (Py_ssize_t i = 0; i < k; i++) {
         const unsigned char *p = src + i * PAGE;
         t->crcs[i] = crc32c(p, PAGE);
-        xor_into(t->par, p);
-        memcpy(w + pos + i * PAGE, p, PAGE);
+        put_page(w + pos + i * PAGE, p, t->par, !rmw);
     }
+    if (!rmw)
+        STORE_FENCE();
     BARRIER();
     memcpy(w + ppos, t->par, PAGE);
     BARRIER();
@@ -268,6 +373,10 @@ static struct PyModuleDef parity_module = {
 
 PyMODINIT_FUNC PyInit__parity(void)
 {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+#endif
     mc_copy = (mc_copy_fn)PyCapsule_Import("daxkit._copymc._C_API", 0);
     if (!mc_copy)
         return NULL;
