@@ -332,15 +332,29 @@ class ParityDevice(MappingsThrough):
 
     def store(self, data, offset: int) -> int:
         n = data.nbytes if type(data) is memoryview else len(data)
-        if offset < 0 or offset + n > self.size:
-            self._check_range(offset, n)
-        if self.readonly:
-            self._writable()
-        if n:
-            self._lock.acquire()
-            self._held += 1
+        if n == P and not offset % P and 0 <= offset < self.size and not self.readonly:
+            lock = self._lock  # the fast path: one page, one native call
+            lock.acquire()
             try:
-                self._par.update(data, offset)
+                rc = self._par.store_page(data, offset)
+            finally:
+                lock.release()
+            if rc == 0:
+                return n
+            done = 0
+        else:
+            if offset < 0 or offset + n > self.size:
+                self._check_range(offset, n)
+            if self.readonly:
+                self._writable()
+            if not n:
+                return n
+            with self._lock:  # the common case: whole pages, stored by the native path alone
+                done, rc = self._par.store_fast(data, offset, n)
+        if done < n:
+            self._enter()
+            try:
+                self._par.update(memoryview(data)[done:] if done else data, offset + done, rc)
             finally:
                 self._leave()
         return n

@@ -272,11 +272,60 @@ class Parity:
         gpos, ppos, cpos = self.base + a * P, self._parity0 + g * P, self._csum0 + 4 * a
         return self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src)
 
-    def update(self, src, off: int) -> None:
-        """Store ``src`` at logical ``off`` keeping parity and CRCs current (lock held)."""
+    def store_page(self, src, off: int) -> int | None:
+        """``store_fast`` of one whole page at ``off`` (page-aligned, on the device): 0 when
+        stored, else what the native call said (None: not asked)."""
+        if self._inflight or (self.pins and off // P // self.G in self.pins):
+            return None
+        state, native = self._state, self._native_page
+        if state is None or state[0] != self._view_gen or (view := self._view) is None or native is None:
+            return None
+        return native(view, off, src, self._layout)
+
+    def store_fast(self, src, off: int, n: int) -> tuple[int, int | None]:
+        """The common store, whole pages with nothing unusual on the way, one native call per
+        group (lock held; touches nothing but the native calls, so it needs no depth, no queue
+        and no outbox).  Returns (bytes stored, what the native call said of the group at
+        ``off`` + that many bytes): (n, 0) when all is stored; rc None when it was not asked
+        (not built, not whole pages, an update in flight, an open mapping over the group, or no
+        current view: ``window`` runs only inside ``update``, whose caller takes the news)."""
+        native = self._native
+        if native is None or off % P or n % P or self._inflight:
+            return 0, None
+        state = self._state
+        if state is None or state[0] != self._view_gen or (view := self._view) is None:
+            return 0, None
+        pins, G = self.pins, self.G
+        if n == P:
+            if pins and off // P // G in pins:
+                return 0, None
+            rc = self._native_page(view, off, src, self._layout)
+            return (0, rc) if rc else (P, 0)
+        page, end, done = off // P, (off + n) // P, 0
+        mv = src if type(src) is memoryview and src.format == "B" else memoryview(src).cast("B")
+        while page < end:
+            g = page // G
+            if pins and g in pins:
+                return done, None
+            a = g * G
+            b = min(end, a + G)
+            k = b - page
+            word = ((g << 26) | ((page - a) << 13) | (b - a)) + 1
+            rc = native(view, self.base + a * P, min(G, self.N - a), page - a, self._parity0 + g * P,
+                        self._csum0 + 4 * a, self._slot, word, mv[done : done + k * P])  # fmt: skip
+            if rc:
+                return done, rc
+            done += k * P
+            page = b
+        return n, 0
+
+    def update(self, src, off: int, rc: int | None = None) -> None:
+        """Store ``src`` at logical ``off`` keeping parity and CRCs current (lock held).  ``rc``:
+        what the native call already said of the first group (``store_fast``), None: not asked."""
         n = src.nbytes if type(src) is memoryview else len(src)
         if n == P and not off % P:
-            if (  # the native store path: nothing in flight, no mapping over the group, a current view
+            # the native store path: nothing in flight, no mapping over the group, a current view
+            if rc is None and (
                 self._native_page is not None and not self._inflight
                 and (not self.pins or off // P // self.G not in self.pins)
                 and (view := self._view if self._state is not None and self._state[0] == self._view_gen
@@ -285,11 +334,11 @@ class Parity:
                 rc = self._native_page(view, off, src, self._layout)
                 if not rc:
                     return  # stored, and the in-flight word cleared again
-                if rc == NATIVE_MISMATCH:
-                    self.verify(off // P // self.G)  # silent corruption in the group: scrub it first
+            if rc == NATIVE_MISMATCH:
+                self.verify(off // P // self.G)  # silent corruption in the group: scrub it first
             self._update_page(src, off // P)
         else:
-            self._update_range(memoryview(src).cast("B"), off, n)
+            self._update_range(memoryview(src).cast("B"), off, n, rc)
         # Done: no longer in flight.  A word left standing would make a crash later take this
         # finished page for a torn one, and bless silent corruption of it as its data.
         self.settle()
@@ -326,20 +375,24 @@ class Parity:
             return
         self._update_slow(g, page, page + 1, memoryview(src).cast("B"), page * P)
 
-    def _update_range(self, src: memoryview, off: int, n: int) -> None:
+    def _update_range(self, src: memoryview, off: int, n: int, rc: int | None = None) -> None:
         end = off + n
         first, last = off // P, (end - 1) // P + 1
         for g in range(first // self.G, (last - 1) // self.G + 1):
             a, b = max(first, g * self.G), min(last, (g + 1) * self.G)
             s, e = max(off, a * P), min(end, b * P)
-            self._update_group(g, a, b, src[s - off : e - off], s)
+            self._update_group(g, a, b, src[s - off : e - off], s, rc=rc)
+            rc = None
 
-    def _update_group(self, g: int, a: int, b: int, src: memoryview, off: int, *, retry: bool = True) -> None:
+    def _update_group(
+        self, g: int, a: int, b: int, src: memoryview, off: int, *, retry: bool = True, rc: int | None = None
+    ) -> None:
         lo, k = self.lo, b - a
         full = off == a * P and src.nbytes == k * P
         whole = (a, b) == self.geo.group_pages(g)
         if full and retry and self._native is not None:
-            rc = self._update_native(src, a, k)
+            if rc is None:
+                rc = self._update_native(src, a, k)
             if not rc:
                 return
             if rc == NATIVE_MISMATCH:
