@@ -89,8 +89,8 @@ class ParityDevice(MappingsThrough):
         self._base_pg = geo.data_start
         self._base = geo.data_start * P
         self.lower_offset = self._base  # logical byte x is lower byte lower_offset + x
-        self._par = Parity(lower, geo, readonly=readonly)
         self._lock = threading.RLock()
+        self._par = Parity(lower, geo, readonly=readonly, lock=self._lock)
         self._held = 0
         self._pending: list = []  # news that came while we were busy; (None, key): an orphan mapping
         self._outbox: list = []  # (lower intervals, flags) to tell upward
@@ -332,13 +332,9 @@ class ParityDevice(MappingsThrough):
 
     def store(self, data, offset: int) -> int:
         n = data.nbytes if type(data) is memoryview else len(data)
-        if n == P and not offset % P and 0 <= offset < self.size and not self.readonly:
-            lock = self._lock  # the fast path: one page, one native call
-            lock.acquire()
-            try:
-                rc = self._par.store_page(data, offset)
-            finally:
-                lock.release()
+        one = self._par._native_page  # the fast path: one page, lock and all, in one native call
+        if n == P and one is not None and not offset % P and 0 <= offset < self.size:
+            rc = one(data, offset)
             if rc == 0:
                 return n
             done = 0

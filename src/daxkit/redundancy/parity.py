@@ -31,9 +31,12 @@ Theory of operation
   (machine-check-safe), name the update in flight, parity ^= old ^ new, store data, parity and
   the new CRC.
   Where daxkit._parity is built (ISA-L's CRC32C), a store of whole pages is those same steps in
-  one native call on a direct_access view of the lower device, taken while nothing is known bad
-  there and kept while its state word holds still; every load in it is machine-check-safe, and
-  it stores nothing unless every load succeeded and every old CRC matched.  Anything it declines
+  one native call per group on a direct_access view of the lower device, taken while nothing is
+  known bad there and kept while its state word holds still; every load in it is
+  machine-check-safe, and it stores nothing unless every load succeeded and every old CRC
+  matched.  A one-page store is one native call from the device's ``store`` on (``PageStore``:
+  the lock taken there, nothing in flight and the group not dirty read from the medium), and
+  ``store_fast`` takes whole pages group by group under the lock alone.  Anything they decline
   takes the Python steps, which find out why.
   Anything unusual on the way -- poison in a page it reads, a CRC that does not match the old
   data -- sends it to ``_update_slow``, which repairs or verifies the group first and retries, or,
@@ -59,12 +62,12 @@ from ..units import PAGE_SIZE
 from .layout import INTENT_SIZE, Geometry, pack_header, pack_intent, unpack_intent
 
 try:  # the store path in one native call (ISA-L's CRC32C); without it, the same steps in Python
-    from .._parity import store_page as _native_page
+    from .._parity import PageStore as _PageStore
     from .._parity import update as _native_update
 except ImportError:  # pragma: no cover - built wherever libisal-dev is installed
-    _native_update = _native_page = None
+    _native_update = _PageStore = None
 
-NATIVE_MISMATCH, NATIVE_DECLINED = -2, -4  # the native call's refusals (see _parity.c)
+NATIVE_MISMATCH, NATIVE_DECLINED, NATIVE_SKIPPED = -2, -4, -5  # the native call's refusals (see _parity.c)
 P = PAGE_SIZE
 WORDS = P // 8
 LE32 = np.dtype("<u4")  # the CRC table, as stored
@@ -89,7 +92,7 @@ def page_crcs(buf, k: int) -> np.ndarray:
 
 
 class Parity:
-    def __init__(self, lower, geo: Geometry, *, readonly: bool = False):
+    def __init__(self, lower, geo: Geometry, *, readonly: bool = False, lock=None):
         self.lo = lower
         self.geo = geo
         self.readonly = readonly
@@ -119,8 +122,13 @@ class Parity:
         # The native store path works on a direct_access view of the whole lower device, taken
         # while nothing is known bad there and kept while the lower device's state word holds.
         self._native = _native_update if not readonly else None
-        self._native_page = _native_page if not readonly else None
         self._layout = (self.base, self._parity0, self._csum0, self._slot, self.G, self.N)
+        # One page in one native call, the device's lock (``lock``) taken there too; it holds the
+        # view ``window`` takes (set_view) and asks ``window`` for one when it has none.
+        self._page_store = None
+        if _PageStore is not None and not readonly and lock is not None:
+            self._page_store = _PageStore(lock, (*self._layout, self._map0), self.window)
+        self._native_page = self._page_store
         self._state: memoryview | None = None  # lower.state_word, taken with the view
         self._view_gen: int | None = None
         self._view: memoryview | None = None
@@ -248,15 +256,22 @@ class Parity:
             n = self.lo.size // P
             try:
                 avail, view = self.lo.direct_access(0, n)
+                if avail == n:
+                    self._view = view
             except DaxError:
-                return None
-            if avail == n:
-                self._view = view
+                pass
+            if self._page_store is not None:
+                if self._view is None:
+                    self._page_store.set_view(None, None, 0)
+                else:
+                    self._page_store.set_view(self._view, self._state, gen)
         return self._view
 
     def drop_window(self) -> None:
         """Let go of the lower device's memory (its views keep its mapping, and its claim)."""
         self._state, self._view_gen, self._view = None, None, None
+        if self._page_store is not None:
+            self._page_store.set_view(None, None, 0)
 
     def _update_native(self, src, page: int, k: int) -> int:
         """Pages [page, page + k) of one group stored in one native call: 0 when done.  Else
@@ -271,16 +286,6 @@ class Parity:
         word = ((g << 26) | ((page - a) << 13) | (page + k - a)) + 1
         gpos, ppos, cpos = self.base + a * P, self._parity0 + g * P, self._csum0 + 4 * a
         return self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src)
-
-    def store_page(self, src, off: int) -> int | None:
-        """``store_fast`` of one whole page at ``off`` (page-aligned, on the device): 0 when
-        stored, else what the native call said (None: not asked)."""
-        if self._inflight or (self.pins and off // P // self.G in self.pins):
-            return None
-        state, native = self._state, self._native_page
-        if state is None or state[0] != self._view_gen or (view := self._view) is None or native is None:
-            return None
-        return native(view, off, src, self._layout)
 
     def store_fast(self, src, off: int, n: int) -> tuple[int, int | None]:
         """The common store, whole pages with nothing unusual on the way, one native call per
@@ -325,13 +330,14 @@ class Parity:
         n = src.nbytes if type(src) is memoryview else len(src)
         if n == P and not off % P:
             # the native store path: nothing in flight, no mapping over the group, a current view
+            if rc == NATIVE_SKIPPED:
+                rc = None
             if rc is None and (
                 self._native_page is not None and not self._inflight
                 and (not self.pins or off // P // self.G not in self.pins)
-                and (view := self._view if self._state is not None and self._state[0] == self._view_gen
-                     else self.window()) is not None
+                and self.window() is not None
             ):  # fmt: skip
-                rc = self._native_page(view, off, src, self._layout)
+                rc = self._native_page(src, off)
                 if not rc:
                     return  # stored, and the in-flight word cleared again
             if rc == NATIVE_MISMATCH:
