@@ -192,7 +192,6 @@ static void xor3(unsigned char *restrict dst, const unsigned char *a, const unsi
 }
 
 #define STORE_FENCE() _mm_sfence()
-#define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
 #else
 #define xor_into xor_into_generic
 
@@ -215,7 +214,6 @@ static void put_page(unsigned char *dst, const unsigned char *src, unsigned char
 }
 
 #define STORE_FENCE() __atomic_thread_fence(__ATOMIC_SEQ_CST)
-#define PREFETCH(p) __builtin_prefetch((p))
 #endif
 
 static int in_view(Py_ssize_t off, Py_ssize_t n, Py_ssize_t len)
