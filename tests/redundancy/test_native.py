@@ -4,6 +4,7 @@ open mapping) is left to the careful path with nothing stored."""
 
 import os
 import random
+import threading
 
 import pytest
 
@@ -198,3 +199,198 @@ def test_a_flip_in_a_page_kept_by_a_reconstruct_write_is_not_taken_into_parity(h
     rep = dev.repair(verify=True)
     assert rep.lost == [] and rep.corrupt == []
     assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))
+
+
+# -- the one-page store in one call (PageStore) and the group paths that read nothing or little --
+
+
+def test_a_one_page_store_is_one_native_call_lock_and_all(held, monkeypatch):
+    """A page store with nothing unusual on the way never reaches the Python steps: the native
+    call takes the device lock, checks the medium's in-flight word and dirty byte, stores."""
+    dev, h = held
+    if dev._par._native is None:
+        pytest.skip("no native path")
+    dev.store(bytes(dev.want[:P]), 0)  # the first store takes the view
+
+    def no_python(*args, **kw):
+        raise AssertionError("the Python store path ran")
+
+    monkeypatch.setattr(dev._par, "update", no_python)
+    rnd = random.Random(3)
+    for _ in range(50):
+        page = rnd.randrange(dev.size // P)
+        data = rnd.randbytes(P)
+        assert dev.store(data, page * P) == P
+        dev.want[page * P : page * P + P] = data
+    monkeypatch.undo()
+    assert not dev._lock._is_owned()
+    assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))
+    rep = dev.repair(verify=True)
+    assert rep.repaired == [] and rep.corrupt == [] and rep.lost == []
+    for g in (1, 9):  # parity current: one poisoned page per group is rebuilt
+        dev.lower.inject_poison(lower_off(dev, (g * GROUP + 4) * P), P)
+    assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))
+    assert h.calls == []
+
+
+def test_the_one_page_call_skips_what_the_medium_says_is_busy(held):
+    """-5, nothing stored: an update in flight (the word on the medium), a group marked dirty
+    (an open mapping), the lock held by another thread.  The store then takes the careful path."""
+    dev, h = held
+    if dev._par._native is None:
+        pytest.skip("no native path")
+    one = dev._par._native_page
+    page = 3 * GROUP + 5
+    dev.store(dev.want[page * P : page * P + P], page * P)  # a current view
+    before = _lower_bytes(dev)
+    data = os.urandom(P)
+    slot, map0 = dev._par._slot, dev._par._map0
+    dev.lower.store((7).to_bytes(8, "little"), slot)
+    assert one(data, page * P) == -5
+    dev.lower.store(bytes(8), slot)
+    dev.lower.store(b"\x01", map0 + page // GROUP)
+    assert one(data, page * P) == -5
+    assert one(data, (page + GROUP) * P) == 0  # another group is not dirty
+    dev.want[(page + GROUP) * P : (page + GROUP + 1) * P] = data
+    dev.lower.store(b"\x00", map0 + page // GROUP)
+    held_elsewhere, go = threading.Event(), threading.Event()
+
+    def hold():
+        with dev._lock:
+            held_elsewhere.set()
+            go.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held_elsewhere.wait(10)
+    try:
+        assert one(data, page * P) == -5  # never waits
+    finally:
+        go.set()
+        t.join()
+    after = bytearray(_lower_bytes(dev))
+    q = lower_off(dev, (page + GROUP) * P)
+    after[q : q + P] = before[q : q + P]  # the one store that was allowed ...
+    g2 = (page + GROUP) // GROUP
+    pp = (dev.geometry.parity_start + g2) * P
+    after[pp : pp + P] = before[pp : pp + P]  # ... its parity ...
+    c = dev.geometry.csum_start * P + 4 * (page + GROUP)
+    after[c : c + 4] = before[c : c + 4]  # ... and its CRC
+    assert bytes(after) == before
+    assert dev.store(data, page * P) == P  # the careful path, or the native one: either way stored
+    dev.want[page * P : page * P + P] = data
+    assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))
+    rep = dev.repair(verify=True)
+    assert rep.repaired == [] and rep.corrupt == [] and rep.lost == []
+
+
+def test_the_one_page_call_takes_a_new_view_after_a_repair(held):
+    """Known poison changes the lower device's state: the one-page call leaves the store to the
+    careful path (which repairs), then takes a fresh view and stores natively again."""
+    dev, h = held
+    if dev._par._native is None:
+        pytest.skip("no native path")
+    seen = _count(dev)
+    page = 4 * GROUP + 1
+    dev.lower.inject_poison(lower_off(dev, (page + 2) * P + 64), 64)
+    dev.lower.scrub()  # known now: repaired by the holder (us) as the news comes
+    assert dev.lower.known_errors() == []
+    data = os.urandom(P)
+    assert dev.store(data, page * P) == P
+    dev.want[page * P : page * P + P] = data
+    assert seen == {0: 1}
+    assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))
+    assert h.calls == []
+
+
+@pytest.mark.parametrize("where", ["kept page", "written page"])
+def test_latent_poison_in_a_partial_reconstruct_write_is_left_to_the_careful_path(held, where):
+    """12 of 16 pages: parity from the 4 kept pages; the 12 written ones are probed and then
+    streamed.  Poison in either kind declines the call with nothing stored; the careful path
+    repairs and stores, and the group protects every page afterwards."""
+    dev, h = held
+    if dev._par._native is None:
+        pytest.skip("no native path")
+    seen = _count(dev)
+    g = 7
+    first = g * GROUP
+    victim = first + (14 if where == "kept page" else 6)
+    dev.lower.inject_poison(lower_off(dev, victim * P + 192), 64)
+    data = os.urandom(12 * P)
+    assert dev.store(data, first * P) == 12 * P
+    dev.want[first * P : (first + 12) * P] = data
+    assert seen == {-1: 1}
+    assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))
+    assert dev.lower.poisoned_ranges() == [] and dev.lower.known_errors() == []
+    span = first * P, GROUP * P
+    for v in (first + 2, first + 15):
+        dev.lower.inject_poison(lower_off(dev, v * P), P)
+        assert read_all(dev, *span) == (GROUP * P, bytes(dev.want[span[0] : span[0] + span[1]]))
+    assert h.calls == []
+    rep = dev.repair(verify=True)
+    assert rep.lost == [] and rep.corrupt == []
+
+
+def test_a_whole_group_write_over_a_flipped_page_stores_parity_of_the_new_data(held):
+    """A store covering a whole group reads none of it (parity from the new pages alone, each
+    streamed in one pass with its CRC): a flipped byte in the old data is simply replaced, and
+    a multi-group store is one native call per group."""
+    dev, h = held
+    if dev._par._native is None:
+        pytest.skip("no native path")
+    seen = _count(dev)
+    g = 3
+    flip = g * GROUP + 9
+    dev.lower.store(bytes([dev.want[flip * P + 5] ^ 0x01]), lower_off(dev, flip * P + 5))
+    data = os.urandom(3 * GROUP * P + 5 * P)  # groups 3, 4, 5 whole and 5 pages of group 6
+    assert dev.store(data, g * GROUP * P) == len(data)
+    dev.want[g * GROUP * P : g * GROUP * P + len(data)] = data
+    assert seen == {0: 4}
+    rep = dev.repair(verify=True)
+    assert rep.repaired == [] and rep.corrupt == [] and rep.lost == []
+    for v in (g * GROUP, (g + 1) * GROUP + 15, (g + 2) * GROUP + 3, (g + 3) * GROUP + 10):  # one per group
+        dev.lower.inject_poison(lower_off(dev, v * P + 64), 128)
+    assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))
+    assert h.calls == []
+
+
+@pytest.mark.parametrize(
+    "where, code",
+    [("old page", -1), ("parity page", -1), ("checksum page", -1), ("intent page", -5),
+     ("flipped old page", -2)],  # fmt: skip
+)
+def test_the_one_page_call_stores_nothing_when_it_declines(held, where, code):
+    """Poison under anything the one-page call would load or store, or an old page that fails
+    its CRC: the call says why and the medium is as it was (the careful path decides)."""
+    dev, h = held
+    if dev._par._native is None:
+        pytest.skip("no native path")
+    one = dev._par._native_page
+    page = 5 * GROUP + 7
+    dev.store(bytes(dev.want[page * P : page * P + P]), page * P)  # a current view
+    geo = dev.geometry
+    at = {
+        "old page": lower_off(dev, page * P + 1024),
+        "parity page": (geo.parity_start + page // GROUP) * P + 2048,
+        "checksum page": geo.csum_start * P + 4 * page,
+        "intent page": geo.intent_start * P,
+        "flipped old page": lower_off(dev, page * P + 77),
+    }[where]
+    if where == "flipped old page":
+        dev.lower.store(bytes([dev.want[page * P + 77] ^ 0x40]), at)
+    before = _lower_bytes(dev)
+    if where != "flipped old page":
+        dev.lower.inject_poison(at, 64)
+    assert one(os.urandom(P), page * P) == code
+    bad = at // P * P
+    after = bytearray(dev.lower.size)
+    assert dev.lower.mc_read(memoryview(after)[:bad], 0) == bad
+    assert dev.lower.mc_read(memoryview(after)[bad + P :], bad + P) == len(after) - bad - P
+    assert after[:bad] == before[:bad] and after[bad + P :] == before[bad + P :]
+    data = os.urandom(P)
+    assert dev.store(data, page * P) == P  # and the careful path repairs and stores
+    dev.want[page * P : page * P + P] = data
+    assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))
+    rep = dev.repair(verify=True)
+    assert rep.lost == []
+    assert h.calls == []

@@ -89,8 +89,8 @@ class ParityDevice(MappingsThrough):
         self._base_pg = geo.data_start
         self._base = geo.data_start * P
         self.lower_offset = self._base  # logical byte x is lower byte lower_offset + x
-        self._par = Parity(lower, geo, readonly=readonly)
         self._lock = threading.RLock()
+        self._par = Parity(lower, geo, readonly=readonly, lock=self._lock)
         self._held = 0
         self._pending: list = []  # news that came while we were busy; (None, key): an orphan mapping
         self._outbox: list = []  # (lower intervals, flags) to tell upward
@@ -332,15 +332,25 @@ class ParityDevice(MappingsThrough):
 
     def store(self, data, offset: int) -> int:
         n = data.nbytes if type(data) is memoryview else len(data)
-        if offset < 0 or offset + n > self.size:
-            self._check_range(offset, n)
-        if self.readonly:
-            self._writable()
-        if n:
-            self._lock.acquire()
-            self._held += 1
+        one = self._par._native_page  # the fast path: one page, lock and all, in one native call
+        if n == P and one is not None and not offset % P and 0 <= offset < self.size:
+            rc = one(data, offset)
+            if rc == 0:
+                return n
+            done = 0
+        else:
+            if offset < 0 or offset + n > self.size:
+                self._check_range(offset, n)
+            if self.readonly:
+                self._writable()
+            if not n:
+                return n
+            with self._lock:  # the common case: whole pages, stored by the native path alone
+                done, rc = self._par.store_fast(data, offset, n)
+        if done < n:
+            self._enter()
             try:
-                self._par.update(data, offset)
+                self._par.update(memoryview(data)[done:] if done else data, offset + done, rc)
             finally:
                 self._leave()
         return n

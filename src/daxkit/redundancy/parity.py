@@ -31,9 +31,12 @@ Theory of operation
   (machine-check-safe), name the update in flight, parity ^= old ^ new, store data, parity and
   the new CRC.
   Where daxkit._parity is built (ISA-L's CRC32C), a store of whole pages is those same steps in
-  one native call on a direct_access view of the lower device, taken while nothing is known bad
-  there and kept while its state word holds still; every load in it is machine-check-safe, and
-  it stores nothing unless every load succeeded and every old CRC matched.  Anything it declines
+  one native call per group on a direct_access view of the lower device, taken while nothing is
+  known bad there and kept while its state word holds still; every load in it is
+  machine-check-safe, and it stores nothing unless every load succeeded and every old CRC
+  matched.  A one-page store is one native call from the device's ``store`` on (``PageStore``:
+  the lock taken there, nothing in flight and the group not dirty read from the medium), and
+  ``store_fast`` takes whole pages group by group under the lock alone.  Anything they decline
   takes the Python steps, which find out why.
   Anything unusual on the way -- poison in a page it reads, a CRC that does not match the old
   data -- sends it to ``_update_slow``, which repairs or verifies the group first and retries, or,
@@ -59,12 +62,12 @@ from ..units import PAGE_SIZE
 from .layout import INTENT_SIZE, Geometry, pack_header, pack_intent, unpack_intent
 
 try:  # the store path in one native call (ISA-L's CRC32C); without it, the same steps in Python
-    from .._parity import store_page as _native_page
+    from .._parity import PageStore as _PageStore
     from .._parity import update as _native_update
 except ImportError:  # pragma: no cover - built wherever libisal-dev is installed
-    _native_update = _native_page = None
+    _native_update = _PageStore = None
 
-NATIVE_MISMATCH, NATIVE_DECLINED = -2, -4  # the native call's refusals (see _parity.c)
+NATIVE_MISMATCH, NATIVE_DECLINED, NATIVE_SKIPPED = -2, -4, -5  # the native call's refusals (see _parity.c)
 P = PAGE_SIZE
 WORDS = P // 8
 LE32 = np.dtype("<u4")  # the CRC table, as stored
@@ -89,7 +92,7 @@ def page_crcs(buf, k: int) -> np.ndarray:
 
 
 class Parity:
-    def __init__(self, lower, geo: Geometry, *, readonly: bool = False):
+    def __init__(self, lower, geo: Geometry, *, readonly: bool = False, lock=None):
         self.lo = lower
         self.geo = geo
         self.readonly = readonly
@@ -119,8 +122,13 @@ class Parity:
         # The native store path works on a direct_access view of the whole lower device, taken
         # while nothing is known bad there and kept while the lower device's state word holds.
         self._native = _native_update if not readonly else None
-        self._native_page = _native_page if not readonly else None
         self._layout = (self.base, self._parity0, self._csum0, self._slot, self.G, self.N)
+        # One page in one native call, the device's lock (``lock``) taken there too; it holds the
+        # view ``window`` takes (set_view) and asks ``window`` for one when it has none.
+        self._page_store = None
+        if _PageStore is not None and not readonly and lock is not None:
+            self._page_store = _PageStore(lock, (*self._layout, self._map0), self.window)
+        self._native_page = self._page_store
         self._state: memoryview | None = None  # lower.state_word, taken with the view
         self._view_gen: int | None = None
         self._view: memoryview | None = None
@@ -248,15 +256,22 @@ class Parity:
             n = self.lo.size // P
             try:
                 avail, view = self.lo.direct_access(0, n)
+                if avail == n:
+                    self._view = view
             except DaxError:
-                return None
-            if avail == n:
-                self._view = view
+                pass
+            if self._page_store is not None:
+                if self._view is None:
+                    self._page_store.set_view(None, None, 0)
+                else:
+                    self._page_store.set_view(self._view, self._state, gen)
         return self._view
 
     def drop_window(self) -> None:
         """Let go of the lower device's memory (its views keep its mapping, and its claim)."""
         self._state, self._view_gen, self._view = None, None, None
+        if self._page_store is not None:
+            self._page_store.set_view(None, None, 0)
 
     def _update_native(self, src, page: int, k: int) -> int:
         """Pages [page, page + k) of one group stored in one native call: 0 when done.  Else
@@ -272,24 +287,64 @@ class Parity:
         gpos, ppos, cpos = self.base + a * P, self._parity0 + g * P, self._csum0 + 4 * a
         return self._native(view, gpos, gk, page - a, ppos, cpos, self._slot, word, src)
 
-    def update(self, src, off: int) -> None:
-        """Store ``src`` at logical ``off`` keeping parity and CRCs current (lock held)."""
+    def store_fast(self, src, off: int, n: int) -> tuple[int, int | None]:
+        """The common store, whole pages with nothing unusual on the way, one native call per
+        group (lock held; touches nothing but the native calls, so it needs no depth, no queue
+        and no outbox).  Returns (bytes stored, what the native call said of the group at
+        ``off`` + that many bytes): (n, 0) when all is stored; rc None when it was not asked
+        (not built, not whole pages, an update in flight, an open mapping over the group, or no
+        current view: ``window`` runs only inside ``update``, whose caller takes the news)."""
+        native = self._native
+        if native is None or off % P or n % P or self._inflight:
+            return 0, None
+        state = self._state
+        if state is None or state[0] != self._view_gen or (view := self._view) is None:
+            return 0, None
+        pins, G = self.pins, self.G
+        if n == P:
+            if pins and off // P // G in pins:
+                return 0, None
+            rc = self._native_page(view, off, src, self._layout)
+            return (0, rc) if rc else (P, 0)
+        page, end, done = off // P, (off + n) // P, 0
+        mv = src if type(src) is memoryview and src.format == "B" else memoryview(src).cast("B")
+        while page < end:
+            g = page // G
+            if pins and g in pins:
+                return done, None
+            a = g * G
+            b = min(end, a + G)
+            k = b - page
+            word = ((g << 26) | ((page - a) << 13) | (b - a)) + 1
+            rc = native(view, self.base + a * P, min(G, self.N - a), page - a, self._parity0 + g * P,
+                        self._csum0 + 4 * a, self._slot, word, mv[done : done + k * P])  # fmt: skip
+            if rc:
+                return done, rc
+            done += k * P
+            page = b
+        return n, 0
+
+    def update(self, src, off: int, rc: int | None = None) -> None:
+        """Store ``src`` at logical ``off`` keeping parity and CRCs current (lock held).  ``rc``:
+        what the native call already said of the first group (``store_fast``), None: not asked."""
         n = src.nbytes if type(src) is memoryview else len(src)
         if n == P and not off % P:
-            if (  # the native store path: nothing in flight, no mapping over the group, a current view
+            # the native store path: nothing in flight, no mapping over the group, a current view
+            if rc == NATIVE_SKIPPED:
+                rc = None
+            if rc is None and (
                 self._native_page is not None and not self._inflight
                 and (not self.pins or off // P // self.G not in self.pins)
-                and (view := self._view if self._state is not None and self._state[0] == self._view_gen
-                     else self.window()) is not None
+                and self.window() is not None
             ):  # fmt: skip
-                rc = self._native_page(view, off, src, self._layout)
+                rc = self._native_page(src, off)
                 if not rc:
                     return  # stored, and the in-flight word cleared again
-                if rc == NATIVE_MISMATCH:
-                    self.verify(off // P // self.G)  # silent corruption in the group: scrub it first
+            if rc == NATIVE_MISMATCH:
+                self.verify(off // P // self.G)  # silent corruption in the group: scrub it first
             self._update_page(src, off // P)
         else:
-            self._update_range(memoryview(src).cast("B"), off, n)
+            self._update_range(memoryview(src).cast("B"), off, n, rc)
         # Done: no longer in flight.  A word left standing would make a crash later take this
         # finished page for a torn one, and bless silent corruption of it as its data.
         self.settle()
@@ -326,20 +381,24 @@ class Parity:
             return
         self._update_slow(g, page, page + 1, memoryview(src).cast("B"), page * P)
 
-    def _update_range(self, src: memoryview, off: int, n: int) -> None:
+    def _update_range(self, src: memoryview, off: int, n: int, rc: int | None = None) -> None:
         end = off + n
         first, last = off // P, (end - 1) // P + 1
         for g in range(first // self.G, (last - 1) // self.G + 1):
             a, b = max(first, g * self.G), min(last, (g + 1) * self.G)
             s, e = max(off, a * P), min(end, b * P)
-            self._update_group(g, a, b, src[s - off : e - off], s)
+            self._update_group(g, a, b, src[s - off : e - off], s, rc=rc)
+            rc = None
 
-    def _update_group(self, g: int, a: int, b: int, src: memoryview, off: int, *, retry: bool = True) -> None:
+    def _update_group(
+        self, g: int, a: int, b: int, src: memoryview, off: int, *, retry: bool = True, rc: int | None = None
+    ) -> None:
         lo, k = self.lo, b - a
         full = off == a * P and src.nbytes == k * P
         whole = (a, b) == self.geo.group_pages(g)
         if full and retry and self._native is not None:
-            rc = self._update_native(src, a, k)
+            if rc is None:
+                rc = self._update_native(src, a, k)
             if not rc:
                 return
             if rc == NATIVE_MISMATCH:
