@@ -304,20 +304,17 @@ class Operations:
         return (os.fsencode(self.fs.readlink(self._path(ctx[1]))),)
 
     def unlink(self, ctx, body):
-        name = proto.names(body, 0, 1)[0]
-        path = self._child(ctx[1], name)
-        with self._as_caller(ctx):
-            st = self.fs.lstat(path)
-            self.fs.unlink(path)
-        self._unnamed(ctx[1], name, st.st_ino)  # an open file lives on as an orphan (namespace.py)
-        return ()
+        return self._remove(ctx, body, self.fs.unlink)  # an open file lives on as an orphan
 
     def rmdir(self, ctx, body):
+        return self._remove(ctx, body, self.fs.rmdir)
+
+    def _remove(self, ctx, body, remove):
         name = proto.names(body, 0, 1)[0]
         path = self._child(ctx[1], name)
         with self._as_caller(ctx):
             st = self.fs.lstat(path)
-            self.fs.rmdir(path)
+            remove(path)
         self._unnamed(ctx[1], name, st.st_ino)
         return ()
 
