@@ -125,7 +125,8 @@ class Channel:
         try:
             os.writev(self.fd, bufs)
         except OSError as e:
-            if e.errno != errno.ENOENT:  # the request was withdrawn: nobody waits for the answer
+            # ENOENT: the request was withdrawn; ENODEV: the mount is gone (the next read says so)
+            if e.errno not in (errno.ENOENT, errno.ENODEV):
                 raise
 
     def notify(self, bufs) -> int:
