@@ -463,7 +463,7 @@ class Operations:
         return (b"".join(out),)
 
     def releasedir(self, ctx, body):
-        self.dirs.pop(RW_IN.unpack_from(body)[0] if len(body) >= 8 else 0, None)
+        self.dirs.pop(proto.RELEASE_IN.unpack_from(body)[0], None)  # fuse_release_in, as RELEASE
         return ()
 
     def fsyncdir(self, ctx, body):
