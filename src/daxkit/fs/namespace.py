@@ -472,6 +472,15 @@ class Namespace:
                     self._relatime(node)
             return DaxFile(self, node.ino, path, bool(readable), bool(writable), append)
 
+    def reopen(self, f: DaxFile, writable: bool) -> DaxFile:
+        """A new handle of the file ``f`` holds, named or an unlinked orphan, as an open of
+        /proc/PID/fd/N makes one (the FUSE server's; the kernel has checked the caller's access).
+        It reads, and writes when ``writable``; ESTALE once the inode is gone."""
+        with self._lock:
+            self._check(write=writable)
+            node = self._inode(f.ino)
+            return DaxFile(self, node.ino, f.name, True, bool(writable), False)
+
     def _relatime(self, node: Inode) -> None:
         """atime as a relatime mount keeps it (the Linux default), set when a file is opened for
         reading rather than at each read, which keeps the fast read path free of metadata: moved
