@@ -132,3 +132,72 @@ def test_chown_to_the_same_ids_clears_set_id_bits_as_on_tmpfs(mounted):
     os.mkdir(mounted.path("d"))
     assert run(mounted.path("d")) == expected
     assert "EPERM" in expected[0] and expected[1] == "0o100755"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_a_user_inside_a_directory_whose_parent_was_closed_to_them_works_there_as_on_tmpfs(mounted):
+    """Linux checks search permission along the path a program gives, from its cwd or a
+    descriptor: a user whose cwd is a directory it may write goes on working there after an
+    ancestor is closed to it (chmod 700).  The server rebuilds paths from the root, and must not
+    ask for search permission on the way again."""
+
+    def run(base: str) -> str:
+        inner = os.path.join(base, "a", "b")
+        os.makedirs(inner)
+        for d in (base, os.path.join(base, "a")):
+            os.chmod(d, 0o755)
+        os.chmod(inner, 0o777)
+        with open(os.path.join(inner, "f"), "w") as f:
+            f.write("hi")
+        inner_fd = os.open(inner, os.O_RDONLY | os.O_DIRECTORY)  # the test's directories are root's
+        go_r, go_w = os.pipe()
+        out_r, out_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            out = []
+            try:
+                os.setgid(1000)
+                os.setuid(1000)
+                os.fchdir(inner_fd)
+                dirfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+                os.write(out_w, b"r")
+                os.read(go_r, 1)  # the parent has closed "a" to us now
+                for what, op in [
+                    ("create", lambda: os.close(os.open("new", os.O_CREAT | os.O_WRONLY, 0o644))),
+                    ("read", lambda: open("f").read()),
+                    ("list fd", lambda: sorted(os.listdir(dirfd))),
+                    ("list cwd", lambda: sorted(os.listdir("."))),
+                    ("mkdir", lambda: os.mkdir("sub")),
+                    ("rename", lambda: os.rename("new", "new2")),
+                    ("symlink", lambda: os.symlink("f", "sl")),
+                    ("link", lambda: os.link("new2", "new3")),
+                    ("unlink", lambda: os.unlink("new3")),
+                    ("rmdir", lambda: os.rmdir("sub")),
+                ]:
+                    try:
+                        out.append((what, op()))
+                    except OSError as e:
+                        out.append((what, errno.errorcode[e.errno]))
+                out.append(("owner", os.stat("new2").st_uid))
+            except BaseException as e:
+                out.append(repr(e))
+            finally:
+                os.write(out_w, repr(out).encode())
+                os._exit(0)
+        os.close(out_w)
+        os.close(inner_fd)
+        assert os.read(out_r, 1) == b"r", os.read(out_r, 4096)
+        os.chmod(os.path.join(base, "a"), 0o700)
+        os.write(go_w, b"g")
+        os.waitpid(pid, 0)
+        with os.fdopen(out_r) as f:
+            return f.read()
+
+    local = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        os.chmod(local, 0o755)
+        expected = run(local)
+    finally:
+        shutil.rmtree(local)
+    assert "EACCES" not in expected and "('owner', 1000)" in expected, expected
+    assert run(mounted.mnt) == expected

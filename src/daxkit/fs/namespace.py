@@ -62,12 +62,13 @@ class Namespace:
         return cred if cred is not None else Cred.of_process()
 
     @contextlib.contextmanager
-    def as_user(self, uid: int, gid: int, groups=()):
+    def as_user(self, uid: int, gid: int, groups=(), *, walked: bool = False):
         """Run this thread's operations as ``uid``:``gid`` with supplementary ``groups`` (ints, or
         a callable returning them when a rule needs them): their permissions are checked and what
-        they create is theirs (the FUSE adapter runs each request as its caller)."""
+        they create is theirs (the FUSE adapter runs each request as its caller).  ``walked``:
+        the directories on the way were checked already (``Cred``), as the kernel has for FUSE."""
         old = getattr(self._creds, "cred", None)
-        self._creds.cred = Cred(int(uid), int(gid), groups)
+        self._creds.cred = Cred(int(uid), int(gid), groups, walked)
         try:
             yield self
         finally:

@@ -185,7 +185,9 @@ class Operations:
 
     # -- who asks, and where ---------------------------------------------------------------------
     def _as_caller(self, ctx):
-        return self.fs.as_user(ctx[2], ctx[3], functools.partial(_groups_of, ctx[4]))
+        # the kernel walked the caller to the node (from the root, a cwd or a descriptor, with
+        # search permission checked there): the path we rebuild is walked as the server would
+        return self.fs.as_user(ctx[2], ctx[3], functools.partial(_groups_of, ctx[4]), walked=True)
 
     def _as_writer(self, f, ctx):
         """Changing the data of a set-ID file clears its set-ID bits as its caller's rights say
@@ -482,8 +484,7 @@ class Operations:
             raise _error(errno.EBADF, f"directory handle {fh}")
         if offset == 0 or d[1] is None:  # a new pass (rewinddir): the directory as it is now
             path = self._path(d[0])
-            with self._as_caller(ctx):
-                ents = self.fs.scandir(path)
+            ents = self.fs.scandir(path)  # read permission was the kernel's to check, at opendir
             up = self.fs.stat(path.rstrip("/").rpartition("/")[0] or "/")
             here = self.fs.stat_ino(d[0])
             d[1] = [(".", here.st_ino, here.st_mode), ("..", up.st_ino, up.st_mode)] + [
