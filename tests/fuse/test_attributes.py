@@ -191,7 +191,7 @@ class _Boom:
         return _Boom(self.exc)
 
     @contextlib.contextmanager
-    def as_user(self, uid, gid, groups=()):
+    def as_user(self, uid, gid, groups=(), *, walked=False):
         yield self
 
     def __getattr__(self, name):

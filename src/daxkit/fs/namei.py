@@ -5,7 +5,8 @@ Rules
   * Every component is checked for length first (ENAMETOOLONG, lookups included).  A whole
     path has no limit here: PATH_MAX bounds what a system call takes (the VFS's getname), and a
     FUSE path from the mount's root can be longer than the relative path a program gave.
-  * Search (x) permission is needed on every directory walked through.
+  * Search (x) permission is needed on every directory walked through, unless the caller was
+    walked through them already (``Cred.walked``: the kernel, for a FUSE request).
   * Symbolic links are followed inside a path always, at its end when asked (``follow``) or
     when the path ends in "/"; more than MAX_SYMLINKS links in one walk is ELOOP.  An absolute
     target starts again at the root; ".." is the physical parent (the directory walked from).
@@ -51,7 +52,8 @@ class Namei:
             node = stack[-1]
             if not node.is_dir:
                 raise fs_error(errno.ENOTDIR, f"{path}: not a directory")
-            require(cred, node, MAY_EXEC, path)
+            if not cred.walked:
+                require(cred, node, MAY_EXEC, path)
             if part == "..":
                 if len(stack) > 1:
                     stack.pop()

@@ -62,12 +62,13 @@ class Namespace:
         return cred if cred is not None else Cred.of_process()
 
     @contextlib.contextmanager
-    def as_user(self, uid: int, gid: int, groups=()):
+    def as_user(self, uid: int, gid: int, groups=(), *, walked: bool = False):
         """Run this thread's operations as ``uid``:``gid`` with supplementary ``groups`` (ints, or
         a callable returning them when a rule needs them): their permissions are checked and what
-        they create is theirs (the FUSE adapter runs each request as its caller)."""
+        they create is theirs (the FUSE adapter runs each request as its caller).  ``walked``:
+        the directories on the way were checked already (``Cred``), as the kernel has for FUSE."""
         old = getattr(self._creds, "cred", None)
-        self._creds.cred = Cred(int(uid), int(gid), groups)
+        self._creds.cred = Cred(int(uid), int(gid), groups, walked)
         try:
             yield self
         finally:
@@ -471,6 +472,15 @@ class Namespace:
                 elif readable and touch_atime and not self.readonly:
                     self._relatime(node)
             return DaxFile(self, node.ino, path, bool(readable), bool(writable), append)
+
+    def reopen(self, f: DaxFile, writable: bool) -> DaxFile:
+        """A new handle of the file ``f`` holds, named or an unlinked orphan, as an open of
+        /proc/PID/fd/N makes one (the FUSE server's; the kernel has checked the caller's access).
+        It reads, and writes when ``writable``; ESTALE once the inode is gone."""
+        with self._lock:
+            self._check(write=writable)
+            node = self._inode(f.ino)
+            return DaxFile(self, node.ino, f.name, True, bool(writable), False)
 
     def _relatime(self, node: Inode) -> None:
         """atime as a relatime mount keeps it (the Linux default), set when a file is opened for

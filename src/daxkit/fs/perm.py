@@ -25,13 +25,18 @@ MAY_EXEC, MAY_WRITE, MAY_READ = 1, 2, 4
 
 class Cred:
     """A caller: uid, gid and supplementary groups.  ``groups`` may be a callable, asked only
-    when a rule needs them (reading them costs a system call or a /proc read per request)."""
+    when a rule needs them (reading them costs a system call or a /proc read per request).
+    ``walked``: the caller has already been let through every directory on the way (the kernel
+    walked the path for a FUSE request, or from a cwd or a descriptor the path does not show),
+    so no search permission is asked on the way; what the operation needs of its own parent and
+    inode is still checked."""
 
-    __slots__ = ("uid", "gid", "_groups")
+    __slots__ = ("uid", "gid", "_groups", "walked")
 
-    def __init__(self, uid: int, gid: int, groups=()):
+    def __init__(self, uid: int, gid: int, groups=(), walked: bool = False):
         self.uid, self.gid = uid, gid
         self._groups = groups if callable(groups) else frozenset(groups)
+        self.walked = walked
 
     @property
     def groups(self) -> frozenset:

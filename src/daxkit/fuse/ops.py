@@ -55,6 +55,9 @@ ROOT_ID = 1  # FUSE_ROOT_ID, and daxfs's root inode
 ENTRY_S = ATTR_S = 1.0  # seconds the kernel may trust a name or attributes (libfuse's default)
 RENAME_NOREPLACE = 1  # renameat2(2)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # utimensat(2)'s tv_nsec markers
+# the setattr fields that set something (FATTR_FH, FATTR_KILL_SUIDGID only qualify a change)
+CHANGES = (proto.FATTR_MODE | proto.FATTR_UID | proto.FATTR_GID | proto.FATTR_SIZE | proto.FATTR_ATIME
+           | proto.FATTR_MTIME | proto.FATTR_ATIME_NOW | proto.FATTR_MTIME_NOW | proto.FATTR_CTIME)  # fmt: skip
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SETTLE_TIMEOUT = 0.5  # s a direct read that failed waits for the cache to be told
 ENODATA_NAMES = ("security.", "system.", "trusted.")  # never ours; answered without a lookup
@@ -118,6 +121,13 @@ def _times(valid: int, a_s: int, a_ns: int, m_s: int, m_ns: int) -> tuple[int, i
             one(proto.FATTR_MTIME_NOW, proto.FATTR_MTIME, m_s, m_ns))  # fmt: skip
 
 
+def _unlinked(st) -> os.stat_result:
+    """``st`` with no links."""
+    extra = {k: getattr(st, k) for k in ("st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns",
+                                         "st_ctime_ns", "st_blocks", "st_blksize", "st_rdev")}  # fmt: skip
+    return os.stat_result((*st[:3], 0, *st[4:10]), extra)
+
+
 class _Open:
     """An open file: its DaxFile, its open(2) flags, and whether a user (not our pinner) holds it."""
 
@@ -138,6 +148,7 @@ class Operations:
         self.destroyed = False
         self.names: dict[int, tuple[int, str]] = {}  # node -> (parent node, name) the kernel knows it by
         self.lookups: dict[int, int] = {}  # node -> the kernel's lookup count
+        self.removed: dict[int, os.stat_result] = {}  # a removed directory the kernel holds -> its stat
         self.files: dict[int, _Open] = {}
         self.dirs: dict[int, list] = {}  # fh -> [node, entries of the last pass or None]
         self._next_fh = 1
@@ -174,7 +185,9 @@ class Operations:
 
     # -- who asks, and where ---------------------------------------------------------------------
     def _as_caller(self, ctx):
-        return self.fs.as_user(ctx[2], ctx[3], functools.partial(_groups_of, ctx[4]))
+        # the kernel walked the caller to the node (from the root, a cwd or a descriptor, with
+        # search permission checked there): the path we rebuild is walked as the server would
+        return self.fs.as_user(ctx[2], ctx[3], functools.partial(_groups_of, ctx[4]), walked=True)
 
     def _as_writer(self, f, ctx):
         """Changing the data of a set-ID file clears its set-ID bits as its caller's rights say
@@ -217,7 +230,14 @@ class Operations:
 
     def _stat(self, node: int, fh: int | None = None):
         o = self.files.get(fh) if fh is not None else None
-        return o.f.stat() if o is not None else self.fs.stat_ino(node)
+        if o is not None:
+            return o.f.stat()
+        try:
+            return self.fs.stat_ino(node)
+        except OSError as e:
+            if e.errno == errno.ENOENT and node in self.removed:
+                return self.removed[node]  # a removed directory still held (a cwd, an open fd)
+            raise
 
     def _file(self, fh: int):
         o = self.files.get(fh)
@@ -268,6 +288,7 @@ class Operations:
         else:
             self.lookups.pop(node, None)
             self.names.pop(node, None)
+            self.removed.pop(node, None)
 
     def mkdir(self, ctx, body):
         mode, _ = proto.MKDIR_IN.unpack_from(body)
@@ -316,6 +337,10 @@ class Operations:
             st = self.fs.lstat(path)
             remove(path)
         self._unnamed(ctx[1], name, st.st_ino)
+        if _stat.S_ISDIR(st.st_mode) and st.st_ino in self.lookups:
+            # its inode is gone from the filesystem, but a cwd or an open descriptor may still
+            # fstat it: as on tmpfs, it stats with no links (an orphan file stays in the fs itself)
+            self.removed[st.st_ino] = _unlinked(st)
         return ()
 
     def rename(self, ctx, body):
@@ -364,6 +389,8 @@ class Operations:
             if valid & (proto.FATTR_UID | proto.FATTR_GID):
                 fs.chown(path, uid if valid & proto.FATTR_UID else -1, gid if valid & proto.FATTR_GID else -1,
                          follow_symlinks=False)  # fmt: skip
+        elif valid & CHANGES == proto.FATTR_CTIME and path is not None:
+            self._chown_nothing(ctx, path)
         if valid & proto.FATTR_SIZE:
             self._truncate(ctx, node, path, o, size)
         if valid & (proto.FATTR_ATIME | proto.FATTR_MTIME | proto.FATTR_ATIME_NOW | proto.FATTR_MTIME_NOW):
@@ -374,6 +401,18 @@ class Operations:
             else:
                 fs.utime(path, times, follow_symlinks=False)
         return (proto.attr_out(self._stat(node, fh if o is not None else None), ATTR_S),)
+
+    def _chown_nothing(self, ctx, path: str) -> None:
+        """A setattr of ctime alone is chown(2) with both ids -1: under FUSE_HANDLE_KILLPRIV_V2
+        the kernel leaves its clearing of set-ID bits to us.  As on tmpfs, a non-directory loses
+        S_ISUID (and S_ISGID with group execute), and when it has such bits to lose only its owner
+        or root may do that (EPERM), otherwise anyone may."""
+        st = self.fs.lstat(path)
+        m = st.st_mode
+        if not _stat.S_ISDIR(m) and (m & _stat.S_ISUID or m & _stat.S_ISGID and m & 0o010):
+            if ctx[2] not in (0, st.st_uid):
+                raise _error(errno.EPERM, f"{path}: not the owner")
+            self.fs.chown(path, -1, -1, follow_symlinks=False)
 
     def _any_handle(self, node: int, *, writable: bool = False):
         for o in self.files.values():
@@ -445,8 +484,7 @@ class Operations:
             raise _error(errno.EBADF, f"directory handle {fh}")
         if offset == 0 or d[1] is None:  # a new pass (rewinddir): the directory as it is now
             path = self._path(d[0])
-            with self._as_caller(ctx):
-                ents = self.fs.scandir(path)
+            ents = self.fs.scandir(path)  # read permission was the kernel's to check, at opendir
             up = self.fs.stat(path.rstrip("/").rpartition("/")[0] or "/")
             here = self.fs.stat_ino(d[0])
             d[1] = [(".", here.st_ino, here.st_mode), ("..", up.st_ino, up.st_mode)] + [
@@ -463,7 +501,7 @@ class Operations:
         return (b"".join(out),)
 
     def releasedir(self, ctx, body):
-        self.dirs.pop(RW_IN.unpack_from(body)[0] if len(body) >= 8 else 0, None)
+        self.dirs.pop(proto.RELEASE_IN.unpack_from(body)[0], None)  # fuse_release_in, as RELEASE
         return ()
 
     def fsyncdir(self, ctx, body):
@@ -486,13 +524,27 @@ class Operations:
         # O_APPEND is the kernel's.  Our pinner's opens are no reader's: they leave atime alone.
         kc = self.kcache
         own = kc is not None and kc.is_own(ctx[4])
-        path = self._path(ctx[1])
+        try:
+            path = self._path(ctx[1])
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            return self._reopen(ctx, flags)
         noatime = os.O_NOATIME if own else 0
         if flags & os.O_TRUNC:
             with self._as_caller(ctx):
                 self.fs.open(path, flags & O_ACCMODE | os.O_TRUNC | noatime).close()
         f = self._open_for_cache(path, flags & O_ACCMODE, noatime)
         return (proto.open_out(self._add(f, flags, ctx, path), proto.FOPEN_KEEP_CACHE),)
+
+    def _reopen(self, ctx, flags: int):
+        """An unlinked file that is still open, opened again (open of /proc/PID/fd/N, as on
+        tmpfs): a new handle of the orphan; ENOENT when no handle holds it any more."""
+        f = self.fs.reopen(self._any_handle(ctx[1]), flags & O_ACCMODE != os.O_RDONLY)
+        if flags & os.O_TRUNC:
+            with self._as_writer(f, ctx):
+                f.truncate(0)
+        return (proto.open_out(self._add(f, flags, ctx, None), proto.FOPEN_KEEP_CACHE),)
 
     def _open_for_cache(self, path: str, acc: int, noatime: int):
         """The DaxFile behind a handle: a write-only handle is opened for reading too, because
