@@ -56,8 +56,9 @@ ENTRY_S = ATTR_S = 1.0  # seconds the kernel may trust a name or attributes (lib
 RENAME_NOREPLACE = 1  # renameat2(2)
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2  # utimensat(2)'s tv_nsec markers
 # the setattr fields that set something (FATTR_FH, FATTR_KILL_SUIDGID only qualify a change)
-CHANGES = (proto.FATTR_MODE | proto.FATTR_UID | proto.FATTR_GID | proto.FATTR_SIZE | proto.FATTR_ATIME
-           | proto.FATTR_MTIME | proto.FATTR_ATIME_NOW | proto.FATTR_MTIME_NOW | proto.FATTR_CTIME)  # fmt: skip
+CHANGES = (proto.FATTR_MODE | proto.FATTR_UID | proto.FATTR_GID | proto.FATTR_SIZE
+           | proto.FATTR_ATIME | proto.FATTR_MTIME | proto.FATTR_ATIME_NOW | proto.FATTR_MTIME_NOW
+           | proto.FATTR_CTIME)  # fmt: skip
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SETTLE_TIMEOUT = 0.5  # s a direct read that failed waits for the cache to be told
 ENODATA_NAMES = ("security.", "system.", "trusted.")  # never ours; answered without a lookup
