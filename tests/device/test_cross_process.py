@@ -55,3 +55,40 @@ def test_concurrent_writers_are_serialized(dev):
     records = dev.injected_errors()
     blocks = {r["block"] + k for r in records for k in range(r["count"])}
     assert blocks == {b + 2 * i for b in (0, 1000) for i in range(150)}
+
+
+def test_a_change_waits_for_a_live_watcher_in_another_process_and_not_for_a_dead_one(dev):
+    """A process that caches the device's data (a FUSE mount) watches the error state; a change
+    made elsewhere returns once the watcher has acknowledged its generation (SPEC 6: the very
+    next read), and never waits for a watcher that died."""
+    import select
+    import time
+
+    code = (
+        "import sys, time, daxkit\n"
+        "dev = daxkit.open(sys.argv[1])\n"
+        "dev.watch_errors(True)\n"
+        "print('ready', flush=True)\n"
+        "seen = dev.state_generation\n"
+        "while True:\n"
+        "    gen = dev.state_word[0]\n"
+        "    if gen != seen:\n"
+        "        time.sleep(0.3)  # acting on it takes a while\n"
+        "        print('acted', gen, flush=True)\n"
+        "        dev.errors_seen(gen)\n"
+        "        seen = gen\n"
+        "    time.sleep(0.001)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code, dev.path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        cli("inject-error", dev.path, "-B", "9")
+        # inject-error has returned: the watcher had acted on the change already
+        assert select.select([p.stdout], [], [], 0)[0], "returned before the watcher acted"
+        assert p.stdout.readline().startswith("acted ")
+    finally:
+        p.kill()
+        p.wait()
+    t = time.monotonic()
+    cli("inject-error", dev.path, "-B", "11")  # its watcher is gone: no wait for it
+    assert time.monotonic() - t < 1.5, "waited for a dead watcher"

@@ -113,6 +113,29 @@ def test_inject_error_in_another_process_fails_the_next_read_of_a_cached_page(mo
         os.close(fd)
 
 
+def test_the_very_next_read_fails_even_when_the_watcher_has_a_large_tree_to_scan(tmp_path):
+    """With thousands of files the watcher's scan takes tens of milliseconds; inject-error in
+    another process returns only once the mount has acted on it, so no read after it is served
+    from the cache (an adversarial review saw 15 of 20 such reads return the old bytes)."""
+    image = make_image(tmp_path)
+    with daxkit.open(image) as dev, daxkit.mount(dev) as fs:
+        fs.mkdir("/many")
+        for i in range(3000):
+            fs.open(f"/many/{i:05d}-{'x' * 40}", "w").close()
+    (tmp_path / "mnt").mkdir()
+    m = Mount(image, str(tmp_path / "mnt"))
+    try:
+        data, fd = cached_file(m, "f")
+        try:
+            for page in range(PAGES):
+                cli("inject-error", m.image, "-B", str(device_sector(m, "/f", page)))
+                assert_eio(fd, page)
+        finally:
+            os.close(fd)
+    finally:
+        m.umount()
+
+
 def test_scrub_in_another_process_makes_latent_poison_fail_the_next_read(mounted):
     data, fd = cached_file(mounted, "f")
     try:

@@ -31,7 +31,9 @@ Theory of operation
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import weakref
 from bisect import bisect_right
 from contextlib import suppress
@@ -49,7 +51,7 @@ from ..errors import (
     ReadOnly,
 )
 from ..medium import ranges
-from ..medium.image import LIVE_GEN
+from ..medium.image import LIVE_GEN, LIVE_SEEN, LIVE_WATCHER
 from ..medium.region import Region
 from ..medium.state import ErrorState
 from ..units import LINE_SIZE, PAGE_SIZE, SECTOR_SIZE, align_down, align_up
@@ -83,6 +85,7 @@ _WRITERS = (
     "inject_error", "uninject_error", "inject_poison",
 )
 WATCH_INTERVAL = 0.02
+WATCHER_WAIT = 2.0  # s a change of the error state waits for another process's cache watcher
 
 
 class DaxDevice(Administration):
@@ -226,7 +229,43 @@ class DaxDevice(Administration):
         # Outside the lock: a holder may call back into the device from any thread.
         if report and new:
             self._report(new, holder_report)
+        self._await_watcher(gen)
         return state
+
+    # -- a cache watcher in another process (SPEC 6: the very next read) ------------------------
+    def watch_errors(self, watching: bool = True) -> None:
+        """This process keeps a cache of the device's data (a FUSE mount's page cache) and
+        acknowledges, with ``errors_seen``, each error-state generation it has acted on.  A change
+        of the error state made in another process then returns only once it is acknowledged (or
+        after WATCHER_WAIT), as memory_failure returns only after the holder's notify_failure:
+        the next read of a cached page anywhere sees the change."""
+        w = self._words
+        if len(w) > LIVE_WATCHER:
+            if watching:
+                w[LIVE_SEEN] = w[LIVE_GEN]
+                w[LIVE_WATCHER] = os.getpid()
+            elif w[LIVE_WATCHER] == os.getpid():
+                w[LIVE_WATCHER] = 0
+
+    def errors_seen(self, gen: int) -> None:
+        """The watcher has acted on every error-state change up to generation ``gen``."""
+        if len(self._words) > LIVE_SEEN:
+            self._words[LIVE_SEEN] = gen
+
+    def _await_watcher(self, gen: int) -> None:
+        w = self._words
+        pid = w[LIVE_WATCHER] if len(w) > LIVE_WATCHER else 0
+        if not pid or pid == os.getpid():
+            return
+        deadline = time.monotonic() + WATCHER_WAIT
+        while w[LIVE_SEEN] < gen and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return  # the watcher died without saying so
+            except PermissionError:
+                pass  # alive, another user's
+            time.sleep(0.0005)
 
     def _apply(self, gen: int, state: ErrorState) -> ranges.Intervals:
         """Install ``state``; returns the ranges that became known since this process looked."""

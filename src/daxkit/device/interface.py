@@ -125,6 +125,12 @@ class DaxOperations(Protocol):
     @property
     def state_generation(self) -> int: ...
 
+    def watch_errors(self, watching: bool = True) -> None:
+        """This process caches the device's data and acknowledges error-state changes."""
+        ...
+
+    def errors_seen(self, gen: int) -> None: ...
+
 
 @runtime_checkable
 class Redundant(Protocol):

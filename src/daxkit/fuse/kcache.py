@@ -12,7 +12,11 @@ Rules
     back, and only the loop can answer.  It runs on the watcher thread, which holds no
     filesystem lock while it calls into the kernel.
   * Other processes are noticed by one load of the device's shared generation word per tick
-    (POLL_INTERVAL); the filesystem's failure listener reports consumption here at once.
+    (POLL_INTERVAL); the filesystem's failure listener reports consumption here at once.  A
+    process that changed the error state waits until the watcher acknowledges the generation it
+    made (``dev.watch_errors``/``errors_seen``): the scan of a large filesystem takes tens of
+    milliseconds, and without the wait a read right after ``inject-error`` returned could still be
+    served from the cache.
   * The server never waits on its own mount (pinner.py says why): what must go through the
     mount -- pins -- is done by the helper process.
   * Pins: fio, and tools like it, drop a file's cached pages with POSIX_FADV_DONTNEED before
@@ -129,6 +133,7 @@ class KernelCache:
     def start(self) -> None:
         """Called once INIT is answered: the mount is live."""
         self._live = True
+        self._fs.dev.watch_errors(True)  # other processes' changes wait for us (_watch)
         self._gen, self._seen = self._scan()
         try:
             self._helper = _Helper(self._mnt)
@@ -137,8 +142,12 @@ class KernelCache:
         threading.Thread(target=self._watch, name="daxkit-fuse-watch", daemon=True).start()
 
     def stop(self) -> None:
-        """Called from ``destroy``: the session is ending; no more calls into the kernel."""
+        """The session is ending; no more calls into the kernel."""
         self._stop.set()
+        try:
+            self._fs.dev.watch_errors(False)
+        except Exception as e:  # the device is closed: nobody can wait for us any more
+            log.debug("watch_errors: %r", e)
         self._events.put(None)
         if self._helper is not None:
             self._helper.close()
@@ -169,6 +178,14 @@ class KernelCache:
             log.debug("scan: %r", e)
             return gen, self._seen
 
+    def _acknowledge(self) -> None:
+        """Tell a process that changed the error state that its change has reached the kernel."""
+        if self._gen is not None:
+            try:
+                self._fs.dev.errors_seen(self._gen)
+            except Exception as e:  # the device is closed
+                log.debug("errors_seen: %r", e)
+
     def settle(self, timeout: float) -> None:
         """Wait, at most ``timeout``, until every change made so far has reached the kernel.
         A handler may wait here only when its own request holds no page (a direct read): the
@@ -197,6 +214,7 @@ class KernelCache:
                 for ino, _, off, n in sorted(now ^ self._seen):
                     self.invalidate(ino, off, n)
                 self._seen = now
+                self._acknowledge()
             if isinstance(ev, threading.Event):
                 ev.set()
 

@@ -75,8 +75,9 @@ _SLOT_MAGIC = b"DXS2"
 _SLOT = struct.Struct("<4sQQQI")  # magic, seq, payload offset, payload length, crc32(seq..length + payload)
 _SLOT_V1 = struct.Struct("<4sIQI")  # b"DXST", length, seq, crc32(seq + payload): inline, older images
 INLINE_MAX = SLOT_SIZE - _SLOT.size  # larger payloads go past the data area
-# live page words (u64): generation, scrub running (pid or 0), scrub done, scrub total
-LIVE_GEN, LIVE_SCRUB_PID, LIVE_SCRUB_DONE, LIVE_SCRUB_TOTAL = range(4)
+# live page words (u64): generation, scrub running (pid or 0), scrub done, scrub total, the
+# generation a cache watcher has acted on, that watcher's pid (0: none; older images have none)
+LIVE_GEN, LIVE_SCRUB_PID, LIVE_SCRUB_DONE, LIVE_SCRUB_TOTAL, LIVE_SEEN, LIVE_WATCHER = range(6)
 
 
 def _info_bytes(data_size: int, clear_err_unit: int) -> bytes:

@@ -495,6 +495,12 @@ class ParityDevice(MappingsThrough):
     def state_generation(self) -> int:
         return self.lower.state_generation
 
+    def watch_errors(self, watching: bool = True) -> None:
+        self.lower.watch_errors(watching)
+
+    def errors_seen(self, gen: int) -> None:
+        self.lower.errors_seen(gen)
+
     # -- redundancy (the Redundant protocol) ----------------------------------------------------------------
     def redundancy(self) -> dict:
         geo = self.geometry

@@ -70,7 +70,7 @@ class RealBackend:
         self.size = size
         self.clear_err_unit = clear_err_unit
         self.readonly = readonly
-        self._words = array("Q", [1, 0, 0, 0])  # generation, scrub pid, scrub done, scrub total
+        self._words = array("Q", [1, 0, 0, 0, 0, 0])  # the image's live words (medium/image.py)
         self.words = memoryview(self._words)
         self._lock = threading.RLock()
         self._soft = ErrorState()
