@@ -394,3 +394,36 @@ def test_the_one_page_call_stores_nothing_when_it_declines(held, where, code):
     rep = dev.repair(verify=True)
     assert rep.lost == []
     assert h.calls == []
+
+
+def test_the_fast_path_store_is_the_native_store_and_hands_the_rest_back(held):
+    """store_fn() -- what a filesystem's fast path keeps -- is the native page store itself, with
+    no Python frame before it; what it does not store (not one page, a page it declines, bad
+    arguments) goes through the device's own store path, with the same results and errors."""
+    dev, h = held
+    if dev._par._page_store is None:
+        pytest.skip("no native path")
+    store = dev.store_fn()
+    assert store.__self__ is dev._par._page_store  # the native object's own method
+    page = 3 * GROUP + 1
+    data = os.urandom(P)
+    assert store(data, page * P) == P  # one page: stored natively
+    dev.want[page * P : page * P + P] = data
+    odd = os.urandom(3 * P + 100)
+    assert store(odd, 7 * P + 5) == len(odd)  # not one page: the device's store
+    dev.want[7 * P + 5 : 7 * P + 5 + len(odd)] = odd
+    flip = 5 * GROUP + 3  # a flipped old page: declined (CRC), rebuilt, then stored
+    dev.lower.store(bytes([dev.want[flip * P + 9] ^ 0x40]), lower_off(dev, flip * P + 9))
+    data = os.urandom(P)
+    assert store(memoryview(data), flip * P) == P
+    dev.want[flip * P : flip * P + P] = data
+    with pytest.raises(daxkit.DaxError):
+        store(data, dev.size)  # past the end: the device's own range error
+    with pytest.raises((TypeError, ValueError)):
+        store(data, "0")
+    assert read_all(dev, 0, dev.size) == (dev.size, bytes(dev.want))
+    # the flip the store found and rebuilt is reported once, by the next repair, and only it
+    assert dev.repair(verify=True).corrupt == [(flip * P, P)]
+    rep = dev.repair(verify=True)
+    assert rep.corrupt == [] and rep.lost == []
+    assert h.calls == []

@@ -514,6 +514,10 @@ class DaxDevice(Administration):
         self._check_alive()
         return self._words[LIVE_GEN : LIVE_GEN + 1]
 
+    def store_fn(self):
+        """The store a fast path keeps (a stacked device may offer a faster one than ``store``)."""
+        return self.store
+
     def store(self, data, offset: int) -> int:
         """CPU stores into the direct mapping at ``offset`` (a range the caller obtained through
         direct_access).  Stores never clear poison; in the emulator they are safe on pages that

@@ -125,6 +125,10 @@ class DaxOperations(Protocol):
     @property
     def state_generation(self) -> int: ...
 
+    def store_fn(self):
+        """The store a fast path keeps: ``store`` itself, or a faster callable with its contract."""
+        ...
+
     def watch_errors(self, watching: bool = True) -> None:
         """This process caches the device's data and acknowledges error-state changes."""
         ...

@@ -171,4 +171,4 @@ def dax_window(dev: DaxOperations, pgoff: int, nr_pages: int) -> memoryview | No
 def dax_store_fn(dev: DaxOperations):
     """The store function a fast path keeps: stores into a window must go through the device
     (an emulated page with latent poison faults; a stacked device keeps its parity current)."""
-    return dev.store
+    return dev.store_fn()

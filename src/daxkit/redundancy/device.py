@@ -330,6 +330,28 @@ class ParityDevice(MappingsThrough):
             self._leave()
         return got
 
+    def store_fn(self):
+        """The store a filesystem's fast path keeps: the native page store itself, which hands
+        anything but one page, and any page it declines, to ``_store_rest`` (no Python frame
+        on the common path); ``store`` where there is no native path."""
+        ps = self._par._page_store
+        if ps is None or self._par._native_page is not ps:
+            return self.store
+        ps.set_fallback(self._store_rest)
+        return ps.store
+
+    def _store_rest(self, data, offset: int, rc: int | None) -> int:
+        """What the native store left: anything but one page (``rc`` None: the whole store), or
+        a page it declined with ``rc``."""
+        if rc is None:
+            return self.store(data, offset)
+        self._enter()
+        try:
+            self._par.update(data, offset, rc)
+        finally:
+            self._leave()
+        return P
+
     def store(self, data, offset: int) -> int:
         n = data.nbytes if type(data) is memoryview else len(data)
         one = self._par._native_page  # the fast path: one page, lock and all, in one native call
@@ -590,6 +612,8 @@ class ParityDevice(MappingsThrough):
                 pass
         self._closed = True
         self._par.drop_window()  # a view of the lower device keeps its mapping (and claim) alive
+        if self._par._page_store is not None:
+            self._par._page_store.set_fallback(None)  # the device and its store let go of each other
         for fin in self._finalizers.values():
             fin.detach()
         if close_lower:
