@@ -10,7 +10,7 @@ P = 4096
 NAMES = {
     "path", "size", "clear_err_unit", "direct_access", "recovery_write", "zero_page_range", "mc_read",
     "store", "read_recover_into", "map_extents", "known_errors", "first_bad", "holder", "state_word",
-    "state_generation", "recovery_write_subpage",
+    "state_generation", "recovery_write_subpage", "store_fn",
 }  # fmt: skip
 # the Redundant protocol
 OPTIONAL = {"redundancy", "parity_group", "repair", "lower_offset", "checksum_mismatches"}
