@@ -208,6 +208,10 @@ HANDLER_CALLS = {  # name: (opcode, node, body); node 2 is "/f"
     "chown": (P.SETATTR, 2, setattr_in(P.FATTR_UID | P.FATTR_GID, uid=1, gid=1)),
     "utimens": (P.SETATTR, 2, setattr_in(P.FATTR_ATIME | P.FATTR_MTIME)),
     "truncate": (P.SETATTR, 2, setattr_in(P.FATTR_SIZE)), "statfs": (P.STATFS, 1, b""),
+    # node 3 has no name the kernel told us: its path comes from the filesystem, whose failure
+    # is the answer (not taken for "unlinked")
+    "chmod by number": (P.SETATTR, 3, setattr_in(P.FATTR_MODE, mode=0o600)),
+    "open by number": (P.OPEN, 3, P.OPEN_IN.pack(os.O_RDONLY, 0)),
     "getxattr": (P.GETXATTR, 2, P.GETXATTR_IN.pack(0, 0) + XATTR),
     "listxattr": (P.LISTXATTR, 2, P.GETXATTR_IN.pack(0, 0)), "opendir": (P.OPENDIR, 1, P.OPEN_IN.pack(0, 0)),
     "mkdir": (P.MKDIR, 1, P.MKDIR_IN.pack(0o755, 0) + b"d\0"), "rmdir": (P.RMDIR, 1, b"d\0"),

@@ -34,10 +34,7 @@ class AttrOps(Handlers):
         valid, _, fh, size, _, a_s, m_s, _, a_ns, m_ns, _, mode, _, uid, gid, _ = args
         node, fs = ctx[1], self.fs
         o = self.files.get(fh) if valid & proto.FATTR_FH else None
-        try:
-            path = self._path(node)
-        except OSError:
-            path = None  # an unlinked open file: only its handles reach it
+        path = self._path_or_none(node)
         if valid & (proto.FATTR_MODE | proto.FATTR_UID | proto.FATTR_GID):
             if path is None:
                 raise _error(errno.EPERM, f"inode {node}: unlinked")  # fchmod/fchown of an orphan: not kept

@@ -35,7 +35,6 @@ ERRNO_OF_EXCEPTION = (
     (OverflowError, errno.EOVERFLOW),
     (ValueError, errno.EINVAL),
     (TypeError, errno.EINVAL),
-    (KeyError, errno.EIO),
 )
 log = logging.getLogger(__name__)
 
@@ -129,6 +128,16 @@ class Handlers:
             node, name = rec
             parts.append(name)
         return "/" + "/".join(reversed(parts))
+
+    def _path_or_none(self, node: int) -> str | None:
+        """``_path``, or None for an inode with no name left (an unlinked open file, reached only
+        by its handles); any other failure is raised."""
+        try:
+            return self._path(node)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            return None
 
     def _child(self, parent: int, name: str) -> str:
         if "/" in name or name in ("", ".", ".."):

@@ -37,11 +37,8 @@ class FileOps(Handlers):
         # O_APPEND is the kernel's.  Our pinner's opens are no reader's: they leave atime alone.
         kc = self.kcache
         own = kc is not None and kc.is_own(ctx[4])
-        try:
-            path = self._path(ctx[1])
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise
+        path = self._path_or_none(ctx[1])
+        if path is None:
             return self._reopen(ctx, flags)
         noatime = os.O_NOATIME if own else 0
         if flags & os.O_TRUNC:
