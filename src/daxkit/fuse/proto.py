@@ -37,10 +37,8 @@ KERNEL_MAJOR, KERNEL_MINOR = 7, 38
 GETATTR_FH = 1 << 0
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 8
-FATTR_CTIME, FATTR_KILL_SUIDGID = 1 << 10, 1 << 11
-FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE = 1 << 0, 1 << 1
-WRITE_CACHE, WRITE_KILL_SUIDGID = 1 << 0, 1 << 2  # fuse_write_in.write_flags
-FSYNC_FDATASYNC = 1 << 0
+FATTR_CTIME = 1 << 10
+FOPEN_KEEP_CACHE = 1 << 1
 NOTIFY_INVAL_INODE = 2
 
 # -- layouts ----------------------------------------------------------------------------------------
