@@ -35,6 +35,7 @@ import subprocess
 import threading
 
 from ..errors import DaxError
+from .umount import mounts
 
 MAX_PAGES = 256  # pages per READ/WRITE request (1 MiB), negotiated in INIT
 BUFSIZE = MAX_PAGES * 4096 + 4096  # one request: the header and argument struct, then the data
@@ -81,15 +82,10 @@ class Channel:
         """Raise the mount's share of the dirty-page limit (/sys/class/bdi/MAJ:MIN/max_ratio);
         False where that is not ours to do (not root).  The mount is found in mountinfo by its
         source, never by a stat of the mount point, which would wait on this very server."""
-        dev = None
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                fields = line.split()
-                tail = fields[fields.index(b"-") + 1 :]
-                if len(tail) >= 2 and tail[1] == os.fsencode(source):
-                    dev = fields[2].decode()
-        if dev is None:
+        devs = [dev for _, dev, _, src in mounts() if src == os.fsencode(source)]
+        if not devs:
             return False
+        dev = devs[-1]
         try:
             with open(f"/sys/class/bdi/{dev}/max_ratio", "w") as f:
                 f.write(str(ratio))

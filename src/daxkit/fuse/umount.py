@@ -28,16 +28,21 @@ def _fstype_at(mountpoint: str) -> tuple[bytes, bytes]:
     except OSError:
         pass  # a dead FUSE mount: ENOTCONN; it exists
     want = os.fsencode(path)
-    found = None
+    found = [(fstype, source) for point, _, fstype, source in mounts() if point == want]
+    if not found:
+        raise DaxError("not a mount point", errno=errno.EINVAL, path=mountpoint)
+    return found[-1]
+
+
+def mounts():
+    """(mount point, "MAJ:MIN", type, source) of each mount this process sees, from mountinfo,
+    oldest first (a later one covers an earlier one at the same point)."""
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             fields = line.split()
             point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
-            if point == want:
-                found = fields[fields.index(b"-") + 1 :][:2]
-    if found is None:
-        raise DaxError("not a mount point", errno=errno.EINVAL, path=mountpoint)
-    return found[0], found[1] if len(found) > 1 else b""
+            tail = fields[fields.index(b"-") + 1 :]
+            yield point, fields[2].decode(), tail[0], tail[1] if len(tail) > 1 else b""
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> None:
