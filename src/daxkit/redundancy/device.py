@@ -91,6 +91,8 @@ class ParityDevice(MappingsThrough):
         self.lower_offset = self._base  # logical byte x is lower byte lower_offset + x
         self._lock = threading.RLock()
         self._par = Parity(lower, geo, readonly=readonly, lock=self._lock)
+        if self._par._page_store is not None:
+            self._par._page_store.set_fallback(self._store_rest)  # store_fn's way back (close lets go)
         self._held = 0
         self._pending: list = []  # news that came while we were busy; (None, key): an orphan mapping
         self._outbox: list = []  # (lower intervals, flags) to tell upward
@@ -337,7 +339,6 @@ class ParityDevice(MappingsThrough):
         ps = self._par._page_store
         if ps is None or self._par._native_page is not ps:
             return self.store
-        ps.set_fallback(self._store_rest)
         return ps.store
 
     def _store_rest(self, data, offset: int, rc: int | None) -> int:
